@@ -1,0 +1,73 @@
+"""The exact per-sample engine: Σ_k f(∂L_k/∂θ) for every parameter, from captured activations.
+
+``L_k`` is a per-sample objective (e.g. ‖F(x_k)‖² for MAS, −log p(y_k|x_k) for the Fisher); the
+engine backpropagates Σ_k L_k once to every layer's output and hands each layer's inputs and
+output gradient to its rule (:mod:`memaware.importance.rules`) or to the fallback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from memaware.importance.capture import InplaceModified, OwnedParameters, check_versions, owners, recording
+from memaware.importance.fallback import fallback_rule
+from memaware.importance.rules import RULES, Reduce
+
+# Builds the scalar objectives from a batch: each returned scalar is Σ_k L_k over the batch. Most
+# objectives return one scalar; the per-output-unit ("vector") MAS variant returns one per unit.
+Objectives = Callable[[nn.Module, torch.Tensor], Sequence[torch.Tensor]]
+
+
+class ExactEngine:
+    """Accumulates Σ_k f(g_k) over batches for the trainable parameters of ``model``."""
+
+    def __init__(self, model: nn.Module, f: Reduce) -> None:
+        self.model = model
+        self.f = f
+        self.owned = owners(model)
+        self.sums: dict[str, torch.Tensor] = {}
+        # Set once a model is seen to modify a recorded output in place; kept for later batches.
+        self.clone_outputs = False
+
+    def add_batch(self, x: torch.Tensor, objectives: Objectives) -> None:
+        """Add Σ_k f(g_k) of this batch's samples to :attr:`sums`."""
+        try:
+            self._add_batch(x, objectives)
+        except InplaceModified:
+            self.clone_outputs = True
+            self._add_batch(x, objectives)
+
+    def _add_batch(self, x: torch.Tensor, objectives: Objectives) -> None:
+        for entry in self.owned:
+            entry.calls.clear()
+        with recording(self.owned, self.clone_outputs):
+            losses = objectives(self.model, x)
+        check_versions(self.owned)
+        called = [entry for entry in self.owned if entry.calls]
+        outputs = [call.output for entry in called for call in entry.calls]
+        for i, loss in enumerate(losses):
+            deltas = torch.autograd.grad(loss, outputs, allow_unused=True, retain_graph=i < len(losses) - 1)
+            position = 0
+            for entry in called:
+                calls = len(entry.calls)
+                self._accumulate(entry, list(deltas[position : position + calls]))
+                position += calls
+        for entry in self.owned:
+            entry.calls.clear()
+
+    def _accumulate(self, entry: OwnedParameters, deltas: list[torch.Tensor | None]) -> None:
+        pairs = [(call.args, d) for call, d in zip(entry.calls, deltas, strict=True) if d is not None]
+        if not pairs:
+            return  # the module ran but does not reach the objective
+        result = None
+        rule = RULES.get(type(entry.module))
+        if rule is not None and len(pairs) == 1:
+            result = rule(entry.module, pairs[0][0], pairs[0][1], self.f)
+        if result is None:  # no rule, a configuration the rule declines, or a shared module
+            result = fallback_rule(entry.module, pairs, entry.params, self.f)
+        for local, value in result.items():
+            full = entry.full_names[local]
+            self.sums[full] = self.sums[full] + value if full in self.sums else value.detach()
