@@ -66,9 +66,9 @@ class AccuracyMatrix:
         return float(np.mean(np.asarray(best) - self.values[-1, : t - 1]))
 
     def summary(self) -> dict[str, object]:
-        """The JSON-ready figures a report needs."""
+        """The JSON-ready figures a report needs; unmeasured entries (NaN) become ``None``."""
         return {
-            "accuracy_matrix": self.values.tolist(),
+            "accuracy_matrix": [[None if np.isnan(v) else float(v) for v in row] for row in self.values],
             "average_accuracy": self.average_accuracy(),
             "forgetting": self.forgetting(),
             "bwt": self.backward_transfer(),
