@@ -22,6 +22,7 @@ class Call:
     """One call of a module: its (detached) inputs, its output, and the output's autograd version."""
 
     args: tuple[Any, ...]
+    kwargs: dict[str, Any]
     output: torch.Tensor
     version: int
 
@@ -57,19 +58,20 @@ def recording(owned: list[OwnedParameters], clone_outputs: bool) -> Iterator[Non
     so that in-place operations downstream cannot change the recorded output."""
 
     def make_hook(entry: OwnedParameters) -> Any:
-        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
             if not isinstance(output, torch.Tensor):
                 raise ConfigError(
                     f"{type(module).__name__} returns {type(output).__name__}, not a tensor: exact "
                     "per-sample importance needs tensor outputs; use granularity='batch'"
                 )
             detached = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
-            entry.calls.append(Call(detached, output, output._version))
+            named = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+            entry.calls.append(Call(detached, named, output, output._version))
             return output.clone() if clone_outputs else None
 
         return hook
 
-    handles = [entry.module.register_forward_hook(make_hook(entry)) for entry in owned]
+    handles = [entry.module.register_forward_hook(make_hook(entry), with_kwargs=True) for entry in owned]
     try:
         yield
     finally:

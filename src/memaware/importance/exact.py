@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from memaware.errors import ConfigError
 from memaware.importance.capture import InplaceModified, OwnedParameters, check_versions, owners, recording
 from memaware.importance.fallback import fallback_rule
 from memaware.importance.rules import RULES, Reduce
@@ -48,6 +49,8 @@ class ExactEngine:
         check_versions(self.owned)
         called = [entry for entry in self.owned if entry.calls]
         outputs = [call.output for entry in called for call in entry.calls]
+        if not outputs:
+            raise ConfigError("no trainable parameter of the model takes part in the output: nothing to measure")
         for i, loss in enumerate(losses):
             deltas = torch.autograd.grad(loss, outputs, allow_unused=True, retain_graph=i < len(losses) - 1)
             position = 0
@@ -59,15 +62,16 @@ class ExactEngine:
             entry.calls.clear()
 
     def _accumulate(self, entry: OwnedParameters, deltas: list[torch.Tensor | None]) -> None:
-        pairs = [(call.args, d) for call, d in zip(entry.calls, deltas, strict=True) if d is not None]
-        if not pairs:
+        reached = [(call, d) for call, d in zip(entry.calls, deltas, strict=True) if d is not None]
+        if not reached:
             return  # the module ran but does not reach the objective
         result = None
         rule = RULES.get(type(entry.module))
-        if rule is not None and len(pairs) == 1:
-            result = rule(entry.module, pairs[0][0], pairs[0][1], self.f)
+        # Rules read positional inputs only; a call with keyword arguments goes to the fallback.
+        if rule is not None and len(reached) == 1 and not reached[0][0].kwargs:
+            result = rule(entry.module, reached[0][0].args, reached[0][1], self.f)
         if result is None:  # no rule, a configuration the rule declines, or a shared module
-            result = fallback_rule(entry.module, pairs, entry.params, self.f)
+            result = fallback_rule(entry.module, [(c.args, c.kwargs, d) for c, d in reached], entry.params, self.f)
         for local, value in result.items():
             full = entry.full_names[local]
             self.sums[full] = self.sums[full] + value if full in self.sums else value.detach()

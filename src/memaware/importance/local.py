@@ -55,7 +55,8 @@ def local_mas(
         for x in input_batches(data, max_samples):
             for entry in layers:
                 entry.calls.clear()
-            with recording(layers, clone_outputs=False):
+            # Downstream in-place ops (ReLU(inplace=True)) must not change the recorded outputs.
+            with recording(layers, clone_outputs=True):
                 model(x.to(device))
             for entry in layers:
                 for call in entry.calls:

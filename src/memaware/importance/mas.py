@@ -153,7 +153,10 @@ def _batched(
     meta: dict[str, str],
     device: torch.device,
 ) -> Importance:
-    names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad], strict=True)
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not trainable:
+        raise ConfigError("the model has no trainable parameter: nothing to measure")
+    names, params = zip(*trainable, strict=True)
     sums: dict[str, torch.Tensor] = {}
     n_batches = n_samples = 0
     for x in input_batches(data, max_samples):

@@ -103,8 +103,11 @@ class Importance(Mapping[str, torch.Tensor]):
         if metadata.get("format") != "memaware.importance/1":
             raise DataError(f"{path} is not a memaware importance file (metadata format missing)")
         sums = {k[len(_SUM_PREFIX) :]: v for k, v in tensors.items() if k.startswith(_SUM_PREFIX)}
-        counts = {str(k): int(v) for k, v in json.loads(metadata["counts"]).items()}
-        importance = cls(sums, counts, int(metadata["n_samples"]), json.loads(metadata["meta"]))
+        try:
+            counts = {str(k): int(v) for k, v in json.loads(metadata["counts"]).items()}
+            importance = cls(sums, counts, int(metadata["n_samples"]), json.loads(metadata.get("meta", "{}")))
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise DataError(f"{path} has malformed importance metadata ({exc}); write it again with Importance.save") from exc
         if model is not None:
             importance.check_fits(model, source=str(path))
         return importance

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from memaware.errors import ConfigError
 
@@ -26,6 +27,7 @@ class _WeightedSquaredDistance(torch.autograd.Function):
         return torch.stack(torch._foreach_norm(scaled)).square().sum()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Any, ...]:
         grads = torch._foreach_mul(ctx.scaled, ctx.sqrt_omegas)
         torch._foreach_mul_(grads, 2.0 * grad_output)
@@ -66,6 +68,12 @@ class QuadraticPenalty(nn.Module):
             self.register_buffer(f"omega__{key}", omega.clone())
             self.register_buffer(f"anchor__{key}", anchor.clone())
             self.register_buffer(f"sqrt_omega__{key}", omega.clamp_min(0).sqrt(), persistent=False)
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._refresh_sqrt_omegas())
+
+    def _refresh_sqrt_omegas(self) -> None:
+        """Recompute the cached √Ω after Ω buffers were replaced (``load_state_dict``)."""
+        for name, omega in zip(self.names, self._buffers_named("omega"), strict=True):
+            getattr(self, f"sqrt_omega__{name.replace('.', '__')}").copy_(omega.clamp_min(0).sqrt())
 
     def _buffers_named(self, prefix: str) -> list[torch.Tensor]:
         return [getattr(self, f"{prefix}__{name.replace('.', '__')}") for name in self.names]

@@ -31,6 +31,9 @@ class TrainConfig:
     lr: float = 1e-3
     seed: int = 0
     eval_batch_size: int = 2048
+    #: a fresh Adam per task; ``False`` keeps one optimizer (and its moment estimates) for the
+    #: whole stream, as Hsu et al.'s benchmark code does
+    reset_optimizer: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
@@ -96,17 +99,25 @@ def _training_set(tasks: Sequence[Task]) -> tuple[torch.Tensor, torch.Tensor, to
     return x, y, heads
 
 
+def include_new_parameters(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> None:
+    """Add the model's parameters that the optimizer does not hold yet (a new head) as a new group."""
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    new = [p for p in model.parameters() if id(p) not in held]
+    if new:
+        optimizer.add_param_group({"params": new})
+
+
 def train_task(
     model: MultiHeadClassifier,
     method: Method,
     tasks: Sequence[Task],
     config: TrainConfig,
     generator: torch.Generator,
+    optimizer: torch.optim.Optimizer,
     progress: Callable[[], None] | None = None,
 ) -> None:
-    """``config.epochs`` epochs of Adam on the tasks' data, loss = cross-entropy + the method's term."""
+    """``config.epochs`` epochs of ``optimizer`` on the tasks' data, loss = cross-entropy + the method's term."""
     x, y, heads = _training_set(tasks)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     model.train()
     for _ in range(config.epochs):
         order = torch.randperm(len(y), generator=generator)
@@ -144,6 +155,7 @@ def run_method(
     generator = torch.Generator().manual_seed(config.seed)
     n = len(scenario.tasks)
     values = np.full((n, n), np.nan)
+    optimizer: torch.optim.Optimizer | None = None
     start = time.perf_counter()
     with tqdm(total=n * config.epochs, desc=label or method.name, unit="epoch", disable=not show_progress, leave=False) as bar:
         for i, task in enumerate(scenario.tasks):
@@ -152,7 +164,10 @@ def run_method(
                 model.add_head(t.head, t.n_classes)
                 check_model_fits(model, t)
             method.before_task(model, task, seen)
-            train_task(model, method, method.training_tasks(seen), config, generator, lambda: bar.update(1))
+            if optimizer is None or config.reset_optimizer:
+                optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+            include_new_parameters(optimizer, model)
+            train_task(model, method, method.training_tasks(seen), config, generator, optimizer, lambda: bar.update(1))
             method.after_task(model, task, seen)
             for j, old in enumerate(seen):
                 values[i, j] = evaluate(model, old, config.eval_batch_size)

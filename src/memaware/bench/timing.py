@@ -1,0 +1,64 @@
+"""Timing and peak-memory helpers: medians of repeats, and peak RSS of a fresh process."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+
+def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_memory_bytes(module: str, variant: str) -> int:
+    """Peak resident memory added by ``python -m <module> --peak-memory <variant>`` in a fresh process.
+
+    The child prints one JSON line ``{"before": rss_bytes, "peak": max_rss_bytes}``; the difference is
+    what the variant itself allocated at its peak (inputs and model already in ``before``).
+    """
+    proc = subprocess.run(
+        [sys.executable, "-m", module, "--peak-memory", variant], capture_output=True, text=True, check=True
+    )
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    return int(data["peak"]) - int(data["before"])
+
+
+def reset_peak_rss() -> None:
+    """Reset the kernel's peak-RSS mark of this process (Linux ``clear_refs``), so that
+    :func:`peak_rss_bytes` reports the peak from now on. ``ru_maxrss`` cannot do this: it
+    survives ``exec`` and would report the parent's peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"{field} not in /proc/self/status")
+
+
+def current_rss_bytes() -> int:
+    """Resident set size of this process now (Linux)."""
+    return _status_kib("VmRSS") * 1024
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size since the last :func:`reset_peak_rss` (Linux)."""
+    return _status_kib("VmHWM") * 1024
