@@ -15,10 +15,15 @@ from memaware.models import build_model
 
 def _small_tasks(mnist: ImageDataset, n: int = 300) -> list[Task]:
     scenario = split_scenario(mnist, "task")
-    return [dataclasses.replace(t, train_x=t.train_x[:n], train_y=t.train_y[:n]) for t in scenario.tasks[:3]]
+    return [
+        dataclasses.replace(t, train_x=t.train_x[:n], train_y=t.train_y[:n])
+        for t in scenario.tasks[:3]
+    ]
 
 
-def _loop_importance(model: torch.nn.Module, x: torch.Tensor, heads: list[int]) -> dict[str, torch.Tensor]:
+def _loop_importance(
+    model: torch.nn.Module, x: torch.Tensor, heads: list[int]
+) -> dict[str, torch.Tensor]:
     """The paper's definition, one sample at a time."""
     total = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
     for k in range(len(x)):
@@ -93,7 +98,10 @@ def test_batch_granularity_option(mnist: ImageDataset) -> None:
     tasks = _small_tasks(mnist)
     model = build_model("mlp", (28, 28), hidden=(32,))
     model.add_head(0, 2)
-    exact, batched = MAS(MASOptions()), MAS(MASOptions(granularity="batch", importance_batch_size=100))
+    exact, batched = (
+        MAS(MASOptions()),
+        MAS(MASOptions(granularity="batch", importance_batch_size=100)),
+    )
     exact.after_task(model, tasks[0], tasks[:1])
     batched.after_task(model, tasks[0], tasks[:1])
     assert exact.omega is not None and batched.omega is not None

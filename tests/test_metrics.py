@@ -55,7 +55,9 @@ def test_single_task_has_no_forgetting() -> None:
 def test_summary_is_json_ready() -> None:
     summary = R.summary()
     assert summary["accuracy_matrix"][0][1] is None
-    assert not any(isinstance(v, float) and math.isnan(v) for row in summary["accuracy_matrix"] for v in row)
+    assert not any(
+        isinstance(v, float) and math.isnan(v) for row in summary["accuracy_matrix"] for v in row
+    )
 
 
 def test_rejects_non_square() -> None:

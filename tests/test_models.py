@@ -18,7 +18,10 @@ def test_names_stable_when_heads_added() -> None:
     assert all(after[name] is param for name, param in before.items())
     assert set(after) - set(before) == {"heads.1.weight", "heads.1.bias"}
     assert [n for n in after if n.startswith("backbone")] == [
-        "backbone.1.weight", "backbone.1.bias", "backbone.3.weight", "backbone.3.bias",
+        "backbone.1.weight",
+        "backbone.1.bias",
+        "backbone.3.weight",
+        "backbone.3.bias",
     ]
 
 

@@ -37,7 +37,9 @@ def test_permuted_tasks_are_fixed_permutations(mnist: ImageDataset) -> None:
     a = permuted_scenario(mnist, "domain", n_tasks=3, seed=1)
     b = permuted_scenario(mnist, "domain", n_tasks=3, seed=1)
     assert torch.equal(a.tasks[2].train_x, b.tasks[2].train_x)
-    assert torch.equal(a.tasks[0].train_x.reshape(60000, -1), mnist.train_x.reshape(60000, -1).float() / 255)
+    assert torch.equal(
+        a.tasks[0].train_x.reshape(60000, -1), mnist.train_x.reshape(60000, -1).float() / 255
+    )
     # the same pixels, in another order
     first = a.tasks[0].train_x[0].flatten().sort().values
     assert torch.equal(first, a.tasks[1].train_x[0].flatten().sort().values)

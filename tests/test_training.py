@@ -17,10 +17,18 @@ from memaware.training import TrainConfig, run_method
 from memaware.training.loop import check_model_fits
 
 
-def _small(mnist: ImageDataset, setting: str = "task", n_train: int = 1000, n_tasks: int = 3) -> Scenario:
+def _small(
+    mnist: ImageDataset, setting: str = "task", n_train: int = 1000, n_tasks: int = 3
+) -> Scenario:
     scenario = split_scenario(mnist, setting)
     tasks = tuple(
-        dataclasses.replace(t, train_x=t.train_x[:n_train], train_y=t.train_y[:n_train], test_x=t.test_x[:500], test_y=t.test_y[:500])
+        dataclasses.replace(
+            t,
+            train_x=t.train_x[:n_train],
+            train_y=t.train_y[:n_train],
+            test_x=t.test_x[:500],
+            test_y=t.test_y[:500],
+        )
         for t in scenario.tasks[:n_tasks]
     )
     return dataclasses.replace(scenario, tasks=tasks)
@@ -45,7 +53,9 @@ def test_mas_forgets_less_than_finetune(mnist: ImageDataset) -> None:
 def test_same_seed_same_numbers(mnist: ImageDataset) -> None:
     scenario = _small(mnist, n_train=300, n_tasks=2)
     config = TrainConfig(epochs=1, seed=3)
-    runs = [run_method(make_method("mas"), scenario, lambda: _model(scenario), config) for _ in range(2)]
+    runs = [
+        run_method(make_method("mas"), scenario, lambda: _model(scenario), config) for _ in range(2)
+    ]
     np.testing.assert_array_equal(runs[0].accuracy.values, runs[1].accuracy.values)
 
 
@@ -60,7 +70,9 @@ def test_joint_trains_on_all_seen_tasks(mnist: ImageDataset) -> None:
 def test_domain_and_class_settings_run(mnist: ImageDataset) -> None:
     for setting in ("domain", "class"):
         scenario = _small(mnist, setting, n_train=300, n_tasks=2)
-        result = run_method(make_method("finetune"), scenario, lambda s=scenario: _model(s), TrainConfig(epochs=1))
+        result = run_method(
+            make_method("finetune"), scenario, lambda s=scenario: _model(s), TrainConfig(epochs=1)
+        )
         assert result.accuracy.values.shape == (2, 2)
 
 
@@ -84,7 +96,12 @@ def test_model_that_does_not_fit_the_data(mnist: ImageDataset) -> None:
 def test_another_seed_gives_other_numbers(mnist: ImageDataset) -> None:
     scenario = _small(mnist, n_train=300, n_tasks=2)
     a, b = (
-        run_method(make_method("finetune"), scenario, lambda: _model(scenario), TrainConfig(epochs=1, seed=s))
+        run_method(
+            make_method("finetune"),
+            scenario,
+            lambda: _model(scenario),
+            TrainConfig(epochs=1, seed=s),
+        )
         for s in (3, 4)
     )
     assert not np.array_equal(np.nan_to_num(a.accuracy.values), np.nan_to_num(b.accuracy.values))

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -17,7 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from memaware.bench.timing import current_rss_bytes, median_time, peak_memory_bytes, peak_rss_bytes, reset_peak_rss
+from memaware.bench.timing import (
+    current_rss_bytes,
+    median_time,
+    peak_memory_bytes,
+    peak_rss_bytes,
+    reset_peak_rss,
+)
 from memaware.importance import batches, mas
 from memaware.models import MLP, SmallCNN
 from memaware.penalties import QuadraticPenalty
@@ -65,7 +72,8 @@ def vmap_importance(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor
     params = {n: p.detach() for n, p in model.named_parameters()}
 
     def sample_objective(p: dict[str, torch.Tensor], xk: torch.Tensor) -> torch.Tensor:
-        return functional_call(model, p, (xk.unsqueeze(0),)).square().sum()
+        out: torch.Tensor = functional_call(model, p, (xk.unsqueeze(0),))
+        return out.square().sum()
 
     per_sample = vmap(grad(sample_objective), in_dims=(None, 0))
     total = {n: torch.zeros_like(p) for n, p in params.items()}
@@ -78,7 +86,8 @@ def vmap_importance(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor
 def max_relative_error(exact: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> float:
     """max over parameters of max|exact − reference| / max|reference|."""
     return max(
-        float((exact[n] - ref).abs().max() / ref.abs().max().clamp_min(1e-30)) for n, ref in reference.items()
+        float((exact[n] - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+        for n, ref in reference.items()
     )
 
 
@@ -98,7 +107,7 @@ def penalty_overhead(model: nn.Module, x: torch.Tensor, repeats: int) -> tuple[f
                 if with_penalty:
                     loss = loss + penalty()
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]
                 optimizer.step()
 
         return run
@@ -116,8 +125,8 @@ def run(repeats: int = 5, memory: bool = True) -> dict[str, Any]:
     mlp, x_mlp = mlp_model(), mlp_inputs()
     cnn, x_cnn = cnn_model(), cnn_inputs()
     for label, model, x in (("mlp", mlp, x_mlp), ("cnn", cnn, x_cnn)):
-        exact_t = median_time(lambda m=model, d=x: mas(m, batches(d, BATCH)), repeats)
-        batch_t = median_time(lambda m=model, d=x: mas(m, batches(d, BATCH), granularity="batch"), repeats)
+        exact_t = median_time(partial(mas, model, batches(x, BATCH)), repeats)
+        batch_t = median_time(partial(mas, model, batches(x, BATCH), granularity="batch"), repeats)
         out[f"exact_s_{label}"], out[f"batch_s_{label}"] = exact_t, batch_t
         out[f"exact_over_batch_{label}"] = exact_t / batch_t
     loop_t = median_time(lambda: loop_importance(mlp, x_mlp), repeats=1, warmup=0)
@@ -154,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="memaware bench importance", description=__doc__)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--repeats", type=int, default=5, help="repeats per timing (median)")
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument(
+        "--no-memory", action="store_true", help="skip the peak-memory subprocesses"
+    )
     parser.add_argument("--peak-memory", choices=("exact", "batch"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.peak_memory:

@@ -29,7 +29,10 @@ def peak_memory_bytes(module: str, variant: str) -> int:
     what the variant itself allocated at its peak (inputs and model already in ``before``).
     """
     proc = subprocess.run(
-        [sys.executable, "-m", module, "--peak-memory", variant], capture_output=True, text=True, check=True
+        [sys.executable, "-m", module, "--peak-memory", variant],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     data = json.loads(proc.stdout.strip().splitlines()[-1])
     return int(data["peak"]) - int(data["before"])

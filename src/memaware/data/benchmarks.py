@@ -11,14 +11,22 @@ from memaware.errors import ConfigError
 
 
 def _split(dataset: str) -> Callable[..., Scenario]:
-    def make(setting: str, data_dir: str | Path | None, download: bool, seed: int, n_tasks: int) -> Scenario:
-        return split_scenario(load_dataset(dataset, data_dir, download), setting, name=f"split-{dataset}")
+    def make(
+        setting: str, data_dir: str | Path | None, download: bool, seed: int, n_tasks: int
+    ) -> Scenario:
+        return split_scenario(
+            load_dataset(dataset, data_dir, download), setting, name=f"split-{dataset}"
+        )
 
     return make
 
 
-def _permuted(setting: str, data_dir: str | Path | None, download: bool, seed: int, n_tasks: int) -> Scenario:
-    return permuted_scenario(load_dataset("mnist", data_dir, download), setting, n_tasks, seed, "permuted-mnist")
+def _permuted(
+    setting: str, data_dir: str | Path | None, download: bool, seed: int, n_tasks: int
+) -> Scenario:
+    return permuted_scenario(
+        load_dataset("mnist", data_dir, download), setting, n_tasks, seed, "permuted-mnist"
+    )
 
 
 BENCHMARKS: dict[str, Callable[..., Scenario]] = {
@@ -42,5 +50,7 @@ def make_scenario(
     ``seed`` and ``n_tasks`` matter for Permuted-MNIST only (its permutations and length).
     """
     if benchmark not in BENCHMARKS:
-        raise ConfigError(f"unknown benchmark {benchmark!r}; known benchmarks: {', '.join(BENCHMARKS)}")
+        raise ConfigError(
+            f"unknown benchmark {benchmark!r}; known benchmarks: {', '.join(BENCHMARKS)}"
+        )
     return BENCHMARKS[benchmark](setting, data_dir, download, seed, n_tasks)

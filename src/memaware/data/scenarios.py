@@ -11,12 +11,12 @@ per-sample Python.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
 
-from memaware.data.sources import ImageDataset
+from memaware.data.sources import ImageDataset, stratified_split
 from memaware.errors import ConfigError
 
 Setting = Literal["task", "domain", "class"]
@@ -58,7 +58,7 @@ class Scenario:
 def _check_setting(setting: str) -> Setting:
     if setting not in SETTINGS:
         raise ConfigError(f"unknown scenario {setting!r}; choose one of {', '.join(SETTINGS)}")
-    return setting  # type: ignore[return-value]
+    return setting
 
 
 def _pixels(x: torch.Tensor) -> torch.Tensor:
@@ -78,7 +78,9 @@ def split_scenario(
     checked = _check_setting(setting)
     seen = [c for group in class_order for c in group]
     if len(set(seen)) != len(seen) or not all(0 <= c < dataset.n_classes for c in seen):
-        raise ConfigError(f"class order {class_order} must use distinct classes of 0..{dataset.n_classes - 1}")
+        raise ConfigError(
+            f"class order {class_order} must use distinct classes of 0..{dataset.n_classes - 1}"
+        )
     tasks = []
     for index, group in enumerate(class_order):
         classes = torch.tensor(list(group))
@@ -120,7 +122,9 @@ def permuted_scenario(
     test_x = _pixels(dataset.test_x.reshape(len(dataset.test_x), n_pixels))
     tasks = []
     for index in range(n_tasks):
-        perm = torch.arange(n_pixels) if index == 0 else torch.randperm(n_pixels, generator=generator)
+        perm = (
+            torch.arange(n_pixels) if index == 0 else torch.randperm(n_pixels, generator=generator)
+        )
         offset = index * dataset.n_classes if checked == "class" else 0
         tasks.append(
             Task(
@@ -135,3 +139,27 @@ def permuted_scenario(
             )
         )
     return Scenario(name or f"permuted-{dataset.name}", checked, tuple(tasks))
+
+
+def with_validation(scenario: Scenario, fraction: float = 0.1, seed: int = 0) -> Scenario:
+    """The same stream with each task's test set replaced by ``fraction`` of its training data.
+
+    The held-out part is stratified by label and seeded; the rest stays the training set. Tuning on
+    this scenario never looks at the real test set.
+    """
+    if not 0 < fraction < 1:
+        raise ConfigError(f"the validation fraction must be in (0, 1), got {fraction}")
+    generator = torch.Generator().manual_seed(seed)
+    tasks = []
+    for task in scenario.tasks:
+        train, held_out = stratified_split(task.train_y, fraction, generator)
+        tasks.append(
+            replace(
+                task,
+                train_x=task.train_x[train],
+                train_y=task.train_y[train],
+                test_x=task.train_x[held_out],
+                test_y=task.train_y[held_out],
+            )
+        )
+    return replace(scenario, name=f"{scenario.name}-validation", tasks=tuple(tasks))

@@ -58,7 +58,9 @@ def recording(owned: list[OwnedParameters], clone_outputs: bool) -> Iterator[Non
     so that in-place operations downstream cannot change the recorded output."""
 
     def make_hook(entry: OwnedParameters) -> Any:
-        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
+        def hook(
+            module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+        ) -> Any:
             if not isinstance(output, torch.Tensor):
                 raise ConfigError(
                     f"{type(module).__name__} returns {type(output).__name__}, not a tensor: exact "
@@ -71,7 +73,9 @@ def recording(owned: list[OwnedParameters], clone_outputs: bool) -> Iterator[Non
 
         return hook
 
-    handles = [entry.module.register_forward_hook(make_hook(entry), with_kwargs=True) for entry in owned]
+    handles = [
+        entry.module.register_forward_hook(make_hook(entry), with_kwargs=True) for entry in owned
+    ]
     try:
         yield
     finally:

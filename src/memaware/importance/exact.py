@@ -13,7 +13,13 @@ import torch
 from torch import nn
 
 from memaware.errors import ConfigError
-from memaware.importance.capture import InplaceModified, OwnedParameters, check_versions, owners, recording
+from memaware.importance.capture import (
+    InplaceModified,
+    OwnedParameters,
+    check_versions,
+    owners,
+    recording,
+)
 from memaware.importance.fallback import fallback_rule
 from memaware.importance.rules import RULES, Reduce
 
@@ -50,9 +56,13 @@ class ExactEngine:
         called = [entry for entry in self.owned if entry.calls]
         outputs = [call.output for entry in called for call in entry.calls]
         if not outputs:
-            raise ConfigError("no trainable parameter of the model takes part in the output: nothing to measure")
+            raise ConfigError(
+                "no trainable parameter of the model takes part in the output: nothing to measure"
+            )
         for i, loss in enumerate(losses):
-            deltas = torch.autograd.grad(loss, outputs, allow_unused=True, retain_graph=i < len(losses) - 1)
+            deltas = torch.autograd.grad(
+                loss, outputs, allow_unused=True, retain_graph=i < len(losses) - 1
+            )
             position = 0
             for entry in called:
                 calls = len(entry.calls)
@@ -71,7 +81,9 @@ class ExactEngine:
         if rule is not None and len(reached) == 1 and not reached[0][0].kwargs:
             result = rule(entry.module, reached[0][0].args, reached[0][1], self.f)
         if result is None:  # no rule, a configuration the rule declines, or a shared module
-            result = fallback_rule(entry.module, [(c.args, c.kwargs, d) for c, d in reached], entry.params, self.f)
+            result = fallback_rule(
+                entry.module, [(c.args, c.kwargs, d) for c, d in reached], entry.params, self.f
+            )
         for local, value in result.items():
             full = entry.full_names[local]
             self.sums[full] = self.sums[full] + value if full in self.sums else value.detach()

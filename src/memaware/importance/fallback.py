@@ -56,15 +56,22 @@ def _per_sample_vjp(
 ) -> dict[str, torch.Tensor]:
     keys = list(kwargs)
     values = [*args, *(kwargs[k] for k in keys)]
-    batched = [isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == delta.shape[0] for v in values]
+    batched = [
+        isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == delta.shape[0] for v in values
+    ]
     sliced = [v[part] if b else v for v, b in zip(values, batched, strict=True)]
 
-    def one_sample(p: dict[str, torch.Tensor], d: torch.Tensor, *sample_values: Any) -> dict[str, torch.Tensor]:
+    def one_sample(
+        p: dict[str, torch.Tensor], d: torch.Tensor, *sample_values: Any
+    ) -> dict[str, torch.Tensor]:
         inputs = [v.unsqueeze(0) if b else v for v, b in zip(sample_values, batched, strict=True)]
-        positional, named = tuple(inputs[: len(args)]), dict(zip(keys, inputs[len(args) :], strict=True))
-        _, pullback = vjp(lambda q: functional_call(module, q, positional, named), p)
+        positional, named = (
+            tuple(inputs[: len(args)]),
+            dict(zip(keys, inputs[len(args) :], strict=True)),
+        )
+        pullback = vjp(lambda q: functional_call(module, q, positional, named), p)[1]
         (grad,) = pullback(d.unsqueeze(0))
         return grad  # type: ignore[no-any-return]
 
     in_dims = (None, 0, *[0 if b else None for b in batched])
-    return vmap(one_sample, in_dims=in_dims)(params, delta[part], *sliced)  # type: ignore[no-any-return]
+    return vmap(one_sample, in_dims=in_dims)(params, delta[part], *sliced)

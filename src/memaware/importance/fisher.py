@@ -50,7 +50,9 @@ def fisher(
             if len(x) == 0:
                 break
 
-            def objectives(m: nn.Module, inputs: torch.Tensor, y: torch.Tensor = y) -> list[torch.Tensor]:
+            def objectives(
+                m: nn.Module, inputs: torch.Tensor, y: torch.Tensor = y
+            ) -> list[torch.Tensor]:
                 logits = forward(m, inputs)
                 target = y
                 if labels == "true":

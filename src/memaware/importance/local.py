@@ -60,9 +60,13 @@ def local_mas(
                 model(x.to(device))
             for entry in layers:
                 for call in entry.calls:
-                    result = RULES[type(entry.module)](entry.module, call.args, 2 * act(call.output), torch.abs)
+                    result = RULES[type(entry.module)](
+                        entry.module, call.args, 2 * act(call.output), torch.abs
+                    )
                     if result is None:
-                        raise ConfigError(f"l-MAS does not support {entry.module} (string padding or padding mode)")
+                        raise ConfigError(
+                            f"l-MAS does not support {entry.module} (string padding or padding mode)"
+                        )
                     for local, value in result.items():
                         full = entry.full_names[local]
                         sums[full] = sums[full] + value if full in sums else value

@@ -44,7 +44,9 @@ def input_batches(data: Iterable[Any], max_samples: int | None = None) -> Iterat
     for batch in data:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         if not isinstance(x, torch.Tensor):
-            raise ConfigError(f"importance data must yield tensors or (tensor, ...) tuples, got {type(x).__name__}")
+            raise ConfigError(
+                f"importance data must yield tensors or (tensor, ...) tuples, got {type(x).__name__}"
+            )
         if max_samples is not None:
             x = x[: max_samples - seen]
         if len(x) == 0:
@@ -60,7 +62,9 @@ def batches(x: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     return list(torch.split(x, batch_size))
 
 
-def output_objectives(norm: Norm, outputs: OutputFn) -> Callable[[nn.Module, torch.Tensor], list[torch.Tensor]]:
+def output_objectives(
+    norm: Norm, outputs: OutputFn
+) -> Callable[[nn.Module, torch.Tensor], list[torch.Tensor]]:
     """Scalars Σ_k ℓ(F(x_k)) for the chosen output functional ℓ.
 
     ``l2sq``: ‖F‖² (paper); ``l2``: ‖F‖; ``l1``: Σ|F_u|; ``vector``: one objective per output unit u,
@@ -163,7 +167,9 @@ def _batched(
         losses = objectives(model, x.to(device))
         magnitude: list[torch.Tensor | None] = [None] * len(params)
         for i, loss in enumerate(losses):
-            grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=i < len(losses) - 1)
+            grads = torch.autograd.grad(
+                loss, params, allow_unused=True, retain_graph=i < len(losses) - 1
+            )
             for j, g in enumerate(grads):
                 if g is not None:
                     current = magnitude[j]

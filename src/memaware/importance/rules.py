@@ -49,7 +49,9 @@ def chunks(n: int, per_sample_elements: int) -> Iterator[slice]:
         yield slice(start, min(start + step, n))
 
 
-def _with_bias(module: nn.Module, out: dict[str, torch.Tensor], bias: Callable[[], torch.Tensor]) -> None:
+def _with_bias(
+    module: nn.Module, out: dict[str, torch.Tensor], bias: Callable[[], torch.Tensor]
+) -> None:
     param = getattr(module, "bias", None)
     if isinstance(param, torch.Tensor) and param.requires_grad:
         out["bias"] = bias()
@@ -61,7 +63,9 @@ def _wants_weight(module: nn.Module) -> bool:
 
 
 @register_rule(nn.Linear)
-def linear_rule(module: nn.Linear, args: tuple[Any, ...], delta: torch.Tensor, f: Reduce) -> dict[str, torch.Tensor]:
+def linear_rule(
+    module: nn.Linear, args: tuple[Any, ...], delta: torch.Tensor, f: Reduce
+) -> dict[str, torch.Tensor]:
     """``g_k = Σ_t δ_kt a_ktᵀ``; with one position per sample (2-D input) Σ_k f(g_k) = f(δ)ᵀ f(a).
 
     The rank-one identity holds for f = |·| and f = (·)² elementwise, so the exact sum costs the
@@ -104,13 +108,20 @@ def conv_rule(
         kernel, dilation = (1, *module.kernel_size), (1, *module.dilation)
         padding, stride = (0, *module.padding), (1, *module.stride)
     else:
-        kernel, dilation, padding, stride = module.kernel_size, module.dilation, module.padding, module.stride
+        kernel, dilation, padding, stride = (
+            module.kernel_size,
+            module.dilation,
+            module.padding,
+            module.stride,
+        )
     n, groups = x.shape[0], module.groups
     out_per_group = module.out_channels // groups
     d = delta.reshape(n, groups, out_per_group, -1)
     out: dict[str, torch.Tensor] = {}
     if _wants_weight(module):
-        weight = torch.zeros(groups, out_per_group, module.weight[0].numel(), dtype=delta.dtype, device=delta.device)
+        weight = torch.zeros(
+            groups, out_per_group, module.weight[0].numel(), dtype=delta.dtype, device=delta.device
+        )
         for part in chunks(n, module.weight.numel() + x[0].numel() * module.weight[0].numel()):
             cols = F.unfold(x[part], kernel, dilation=dilation, padding=padding, stride=stride)
             cols = cols.reshape(cols.shape[0], groups, -1, cols.shape[-1])
@@ -161,7 +172,9 @@ def _affine_rule(
 
 
 @register_rule(nn.LayerNorm)
-def layer_norm_rule(module: nn.LayerNorm, args: tuple[Any, ...], delta: torch.Tensor, f: Reduce) -> dict[str, torch.Tensor]:
+def layer_norm_rule(
+    module: nn.LayerNorm, args: tuple[Any, ...], delta: torch.Tensor, f: Reduce
+) -> dict[str, torch.Tensor]:
     """LayerNorm's elementwise affine: x̂ = layer_norm(x) without affine, summed over leading positions."""
     if not module.elementwise_affine:
         return {}
@@ -176,7 +189,9 @@ def _channels_last(t: torch.Tensor) -> torch.Tensor:
 
 
 @register_rule(nn.GroupNorm)
-def group_norm_rule(module: nn.GroupNorm, args: tuple[Any, ...], delta: torch.Tensor, f: Reduce) -> dict[str, torch.Tensor]:
+def group_norm_rule(
+    module: nn.GroupNorm, args: tuple[Any, ...], delta: torch.Tensor, f: Reduce
+) -> dict[str, torch.Tensor]:
     """GroupNorm's per-channel affine: x̂ = group_norm(x) without affine, summed over positions."""
     if not module.affine:
         return {}
@@ -202,7 +217,9 @@ def batch_norm_rule(
         )
     x = args[0]
     view = (1, -1) + (1,) * (x.dim() - 2)
-    x_hat = (x - module.running_mean.reshape(view)) / torch.sqrt(module.running_var.reshape(view) + module.eps)
+    x_hat = (x - module.running_mean.reshape(view)) / torch.sqrt(
+        module.running_var.reshape(view) + module.eps
+    )
     if x.dim() == 2:
         x_hat, delta = x_hat.unsqueeze(-1), delta.unsqueeze(-1)
     return _affine_rule(module, _channels_last(x_hat), _channels_last(delta), f)

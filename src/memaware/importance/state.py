@@ -62,7 +62,9 @@ class Importance(Mapping[str, torch.Tensor]):
         for name, value in other.sums.items():
             if name in sums:
                 if sums[name].shape != value.shape:
-                    raise ValueError(f"cannot merge {name}: shapes {sums[name].shape} and {value.shape}")
+                    raise ValueError(
+                        f"cannot merge {name}: shapes {sums[name].shape} and {value.shape}"
+                    )
                 sums[name] = sums[name] + value
                 counts[name] += other.counts[name]
             else:
@@ -75,7 +77,9 @@ class Importance(Mapping[str, torch.Tensor]):
         from memaware import __version__
         from memaware.reports.io import atomic_path
 
-        tensors = {_SUM_PREFIX + name: t.detach().to("cpu").contiguous() for name, t in self.sums.items()}
+        tensors = {
+            _SUM_PREFIX + name: t.detach().to("cpu").contiguous() for name, t in self.sums.items()
+        }
         metadata = {
             "format": "memaware.importance/1",
             "counts": json.dumps(self.counts),
@@ -105,9 +109,13 @@ class Importance(Mapping[str, torch.Tensor]):
         sums = {k[len(_SUM_PREFIX) :]: v for k, v in tensors.items() if k.startswith(_SUM_PREFIX)}
         try:
             counts = {str(k): int(v) for k, v in json.loads(metadata["counts"]).items()}
-            importance = cls(sums, counts, int(metadata["n_samples"]), json.loads(metadata.get("meta", "{}")))
+            importance = cls(
+                sums, counts, int(metadata["n_samples"]), json.loads(metadata.get("meta", "{}"))
+            )
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
-            raise DataError(f"{path} has malformed importance metadata ({exc}); write it again with Importance.save") from exc
+            raise DataError(
+                f"{path} has malformed importance metadata ({exc}); write it again with Importance.save"
+            ) from exc
         if model is not None:
             importance.check_fits(model, source=str(path))
         return importance
@@ -117,7 +125,9 @@ class Importance(Mapping[str, torch.Tensor]):
         params = dict(model.named_parameters())
         for name, value in self.sums.items():
             if name not in params:
-                raise DataError(f"{source}: parameter {name!r} is not in the model (it has {len(params)})")
+                raise DataError(
+                    f"{source}: parameter {name!r} is not in the model (it has {len(params)})"
+                )
             if params[name].shape != value.shape:
                 raise DataError(
                     f"{source}: {name} has shape {tuple(value.shape)}, "

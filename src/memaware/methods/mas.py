@@ -23,7 +23,7 @@ from memaware.errors import ConfigError
 from memaware.importance import accumulate, batches, mas
 from memaware.importance.mas import Granularity, Norm
 from memaware.methods.base import Method
-from memaware.models.multihead import MultiHeadClassifier
+from memaware.models.multihead import MultiHeadClassifier, heads_output
 from memaware.penalties import QuadraticPenalty
 
 
@@ -51,7 +51,9 @@ class MASOptions:
         if self.strength < 0:
             raise ConfigError(f"MAS strength λ must be >= 0, got {self.strength}")
         if self.importance_data not in ("train", "test", "train+test"):
-            raise ConfigError(f"unknown importance data {self.importance_data!r}: use train, test or train+test")
+            raise ConfigError(
+                f"unknown importance data {self.importance_data!r}: use train, test or train+test"
+            )
         if self.heads not in ("learned", "current"):
             raise ConfigError(f"unknown heads option {self.heads!r}: use learned or current")
 
@@ -74,17 +76,25 @@ class MAS(Method):
 
     def importance_inputs(self, task: Task) -> torch.Tensor:
         """The unlabelled inputs Ω is computed on."""
-        parts = {"train": [task.train_x], "test": [task.test_x], "train+test": [task.train_x, task.test_x]}
+        parts = {
+            "train": [task.train_x],
+            "test": [task.test_x],
+            "train+test": [task.train_x, task.test_x],
+        }
         return torch.cat(parts[self.opts.importance_data])
 
     def after_task(self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]) -> None:
-        heads = [task.head] if self.opts.heads == "current" else list(dict.fromkeys(t.head for t in seen))
+        heads = (
+            [task.head]
+            if self.opts.heads == "current"
+            else list(dict.fromkeys(t.head for t in seen))
+        )
         new = mas(
             model,
             batches(self.importance_inputs(task), self.opts.importance_batch_size),
             granularity=self.opts.granularity,
             norm=self.opts.norm,
-            outputs=lambda m, x: m.forward_heads(x, heads),
+            outputs=heads_output(heads),
             max_samples=self.opts.max_samples,
         )
         self.omega = accumulate(self.omega, new, rule=self.opts.accumulation, alpha=self.opts.alpha)

@@ -24,7 +24,9 @@ class AccuracyMatrix:
     def from_rows(cls, rows: Sequence[Sequence[float]]) -> AccuracyMatrix:
         values = np.asarray(rows, dtype=np.float64)
         if values.ndim != 2 or values.shape[0] != values.shape[1] or values.shape[0] == 0:
-            raise ValueError(f"an accuracy matrix must be square and non-empty, got shape {values.shape}")
+            raise ValueError(
+                f"an accuracy matrix must be square and non-empty, got shape {values.shape}"
+            )
         return cls(values)
 
     @property
@@ -33,7 +35,8 @@ class AccuracyMatrix:
 
     def final(self) -> npt.NDArray[np.float64]:
         """Accuracy on every task after the last one was learned: ``R[T-1, :]``."""
-        return self.values[-1].copy()
+        final: npt.NDArray[np.float64] = self.values[-1].copy()
+        return final
 
     def average_accuracy(self) -> float:
         """ACC = (1/T) Σ_j R[T-1, j]."""
@@ -41,7 +44,8 @@ class AccuracyMatrix:
 
     def drop(self) -> npt.NDArray[np.float64]:
         """The paper's drop per task: R[T-1, j] − R[j, j] (negative = forgotten; 0 for the last task)."""
-        return self.values[-1] - np.diag(self.values)
+        drop: npt.NDArray[np.float64] = self.values[-1] - np.diag(self.values)
+        return drop
 
     def average_drop(self) -> float:
         """Mean drop over all T tasks, the last one (drop 0) included, as in Aljundi et al. Fig. 3."""
@@ -68,7 +72,9 @@ class AccuracyMatrix:
     def summary(self) -> dict[str, object]:
         """The JSON-ready figures a report needs; unmeasured entries (NaN) become ``None``."""
         return {
-            "accuracy_matrix": [[None if np.isnan(v) else float(v) for v in row] for row in self.values],
+            "accuracy_matrix": [
+                [None if np.isnan(v) else float(v) for v in row] for row in self.values
+            ],
             "average_accuracy": self.average_accuracy(),
             "forgetting": self.forgetting(),
             "bwt": self.backward_transfer(),

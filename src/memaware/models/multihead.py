@@ -6,7 +6,7 @@ importance keyed by ``named_parameters()`` names keeps pointing at the same tens
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -65,7 +65,22 @@ class MultiHeadClassifier(nn.Module):
         return torch.cat([self._head(h)(features) for h in heads], dim=-1)
 
 
-def build_model(name: str, input_shape: Sequence[int], hidden: Sequence[int] = (400, 400)) -> MultiHeadClassifier:
+def heads_output(heads: Sequence[int]) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
+    """The output function ``F(model, x)`` = the concatenated logits of ``heads`` (for importance)."""
+
+    def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(model, MultiHeadClassifier):
+            raise ConfigError(
+                f"selecting heads needs a MultiHeadClassifier, got {type(model).__name__}"
+            )
+        return model.forward_heads(x, heads)
+
+    return forward
+
+
+def build_model(
+    name: str, input_shape: Sequence[int], hidden: Sequence[int] = (400, 400)
+) -> MultiHeadClassifier:
     """A headless :class:`MultiHeadClassifier` for inputs of ``input_shape`` (without the batch dim)."""
     if name == "mlp":
         in_features = 1

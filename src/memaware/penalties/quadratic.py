@@ -20,7 +20,12 @@ class _WeightedSquaredDistance(torch.autograd.Function):
     """Σ_i ‖√Ω_i ⊙ (θ_i − θ*_i)‖² over lists of tensors; gradient 2 Ω_i (θ_i − θ*_i)."""
 
     @staticmethod
-    def forward(ctx: Any, sqrt_omegas: list[torch.Tensor], anchors: list[torch.Tensor], *params: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        sqrt_omegas: list[torch.Tensor],
+        anchors: list[torch.Tensor],
+        *params: torch.Tensor,
+    ) -> torch.Tensor:
         scaled = torch._foreach_sub(list(params), anchors)
         torch._foreach_mul_(scaled, sqrt_omegas)
         ctx.sqrt_omegas, ctx.scaled = sqrt_omegas, scaled
@@ -62,13 +67,21 @@ class QuadraticPenalty(nn.Module):
         for name, param in zip(self.names, self._params, strict=True):
             omega = importance[name].detach().to(param.device, param.dtype)
             if omega.shape != param.shape:
-                raise ConfigError(f"importance of {name} has shape {tuple(omega.shape)}, parameter {tuple(param.shape)}")
-            anchor = (anchors[name] if anchors is not None else param).detach().to(param.device, param.dtype)
+                raise ConfigError(
+                    f"importance of {name} has shape {tuple(omega.shape)}, parameter {tuple(param.shape)}"
+                )
+            anchor = (
+                (anchors[name] if anchors is not None else param)
+                .detach()
+                .to(param.device, param.dtype)
+            )
             key = name.replace(".", "__")
             self.register_buffer(f"omega__{key}", omega.clone())
             self.register_buffer(f"anchor__{key}", anchor.clone())
             self.register_buffer(f"sqrt_omega__{key}", omega.clamp_min(0).sqrt(), persistent=False)
-        self.register_load_state_dict_post_hook(lambda module, _keys: module._refresh_sqrt_omegas())
+        self.register_load_state_dict_post_hook(  # type: ignore[no-untyped-call]
+            lambda module, _keys: module._refresh_sqrt_omegas()
+        )
 
     def _refresh_sqrt_omegas(self) -> None:
         """Recompute the cached √Ω after Ω buffers were replaced (``load_state_dict``)."""
@@ -90,7 +103,7 @@ class QuadraticPenalty(nn.Module):
         """The penalty value, differentiable with respect to the model's parameters."""
         if not self.names:
             return torch.zeros(())
-        value = _WeightedSquaredDistance.apply(
+        value = _WeightedSquaredDistance.apply(  # type: ignore[no-untyped-call]
             self._buffers_named("sqrt_omega"), self._buffers_named("anchor"), *self._params
         )
         return self.strength * value  # type: ignore[no-any-return]

@@ -8,7 +8,6 @@ that the tables do not use are ignored, so later additions to the results dict a
 from __future__ import annotations
 
 import math
-
 from collections.abc import Mapping, Sequence
 from typing import Any
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from memaware import __version__
+from memaware.configs import preset
 from memaware.data.benchmarks import make_scenario
 from memaware.errors import ConfigError
 from memaware.methods import METHODS, make_method
@@ -27,7 +28,8 @@ class ExperimentSpec:
     scenario: str = "task"
     methods: Sequence[str] = ("finetune", "mas")
     train: TrainConfig = field(default_factory=TrainConfig)
-    strength: float = 1.0
+    #: λ of the regularising methods; ``None`` takes the benchmark's preset (else 1, the paper's value)
+    strength: float | None = None
     granularity: str = "sample"
     model: str = "mlp"
     hidden: Sequence[int] = (400, 400)
@@ -39,8 +41,10 @@ class ExperimentSpec:
         """Reject bad options before any data is read or any file written."""
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
-            raise ConfigError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(METHODS)}")
-        if self.strength < 0:
+            raise ConfigError(
+                f"unknown method(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(METHODS)}"
+            )
+        if self.strength is not None and self.strength < 0:
             raise ConfigError(f"--lambda must be >= 0, got {self.strength}")
         if self.granularity not in ("sample", "batch"):
             raise ConfigError(f"unknown granularity {self.granularity!r}; use sample or batch")
@@ -67,11 +71,20 @@ def run_experiment(spec: ExperimentSpec, show_progress: bool = False) -> dict[st
     """Run every method of ``spec`` on the same task stream, seed and budget; return the results dict."""
     spec.check()
     scenario = make_scenario(
-        spec.benchmark, spec.scenario, data_dir=spec.data_dir, download=spec.download, seed=spec.train.seed, n_tasks=spec.n_tasks
+        spec.benchmark,
+        spec.scenario,
+        data_dir=spec.data_dir,
+        download=spec.download,
+        seed=spec.train.seed,
+        n_tasks=spec.n_tasks,
     )
     methods: dict[str, Any] = {}
     for name in spec.methods:
-        method = make_method(name, strength=spec.strength, granularity=spec.granularity)
+        tuned = preset(spec.benchmark, spec.scenario, name) if spec.strength is None else None
+        strength = (
+            spec.strength if spec.strength is not None else (tuned or {}).get("strength", 1.0)
+        )
+        method = make_method(name, strength=strength, granularity=spec.granularity)
         result = run_method(
             method,
             scenario,
@@ -80,7 +93,13 @@ def run_experiment(spec: ExperimentSpec, show_progress: bool = False) -> dict[st
             show_progress=show_progress,
             label=name,
         )
-        methods[name] = {**result.accuracy.summary(), "wall_time_s": result.wall_time_s, "options": method.options()}
+        methods[name] = {
+            **result.accuracy.summary(),
+            "wall_time_s": result.wall_time_s,
+            "options": method.options(),
+        }
+        if tuned is not None:
+            methods[name]["preset"] = tuned
     return {
         "memaware_version": __version__,
         "benchmark": spec.benchmark,

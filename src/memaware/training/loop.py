@@ -67,7 +67,9 @@ def check_model_fits(model: MultiHeadClassifier, task: Task) -> None:
         )
 
 
-def task_loss(model: MultiHeadClassifier, x: torch.Tensor, y: torch.Tensor, heads: torch.Tensor | int) -> torch.Tensor:
+def task_loss(
+    model: MultiHeadClassifier, x: torch.Tensor, y: torch.Tensor, heads: torch.Tensor | int
+) -> torch.Tensor:
     """Mean cross-entropy, each sample scored by its own task's head."""
     if isinstance(heads, int):
         return F.cross_entropy(model(x, heads), y)
@@ -75,7 +77,9 @@ def task_loss(model: MultiHeadClassifier, x: torch.Tensor, y: torch.Tensor, head
     total = torch.zeros((), device=x.device)
     for head in torch.unique(heads).tolist():
         mask = heads == head
-        total = total + F.cross_entropy(model.heads[str(head)](features[mask]), y[mask], reduction="sum")
+        total = total + F.cross_entropy(
+            model.heads[str(head)](features[mask]), y[mask], reduction="sum"
+        )
     return total / len(x)
 
 
@@ -84,7 +88,9 @@ def evaluate(model: MultiHeadClassifier, task: Task, batch_size: int = 2048) -> 
     """Accuracy on the task's test set, answered by the task's head (fraction in [0, 1])."""
     model.eval()
     correct = 0
-    for x, y in zip(torch.split(task.test_x, batch_size), torch.split(task.test_y, batch_size), strict=True):
+    for x, y in zip(
+        torch.split(task.test_x, batch_size), torch.split(task.test_y, batch_size), strict=True
+    ):
         correct += int((model(x, task.head).argmax(-1) == y).sum())
     return correct / len(task.test_y)
 
@@ -128,7 +134,7 @@ def train_task(
             if extra is not None:
                 loss = loss + extra
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
         if progress is not None:
             progress()
@@ -149,7 +155,9 @@ def run_method(
     from the same weights and see batches in the same order.
     """
     if scenario.setting not in method.scenarios:
-        raise ConfigError(f"method {method.name} does not support the {scenario.setting}-incremental scenario")
+        raise ConfigError(
+            f"method {method.name} does not support the {scenario.setting}-incremental scenario"
+        )
     torch.manual_seed(config.seed)
     model = make_model()
     generator = torch.Generator().manual_seed(config.seed)
@@ -157,7 +165,13 @@ def run_method(
     values = np.full((n, n), np.nan)
     optimizer: torch.optim.Optimizer | None = None
     start = time.perf_counter()
-    with tqdm(total=n * config.epochs, desc=label or method.name, unit="epoch", disable=not show_progress, leave=False) as bar:
+    with tqdm(
+        total=n * config.epochs,
+        desc=label or method.name,
+        unit="epoch",
+        disable=not show_progress,
+        leave=False,
+    ) as bar:
         for i, task in enumerate(scenario.tasks):
             seen = scenario.tasks[: i + 1]
             for t in method.training_tasks(seen):
@@ -167,7 +181,15 @@ def run_method(
             if optimizer is None or config.reset_optimizer:
                 optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
             include_new_parameters(optimizer, model)
-            train_task(model, method, method.training_tasks(seen), config, generator, optimizer, lambda: bar.update(1))
+            train_task(
+                model,
+                method,
+                method.training_tasks(seen),
+                config,
+                generator,
+                optimizer,
+                lambda: bar.update(1),
+            )
             method.after_task(model, task, seen)
             for j, old in enumerate(seen):
                 values[i, j] = evaluate(model, old, config.eval_batch_size)
