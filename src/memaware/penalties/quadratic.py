@@ -17,34 +17,44 @@ from memaware.errors import ConfigError
 
 
 class _WeightedSquaredDistance(torch.autograd.Function):
-    """Σ_i ‖√Ω_i ⊙ (θ_i − θ*_i)‖² over lists of tensors; gradient 2 Ω_i (θ_i − θ*_i)."""
+    """λ Σ_i ‖√Ω_i ⊙ (θ_i − θ*_i)‖² over lists of tensors; gradient (2λ√Ω_i) ⊙ √Ω_i ⊙ (θ_i − θ*_i).
+
+    ``grad_scales`` = 2λ√Ω are precomputed, so the step costs four fused passes over the
+    parameters: difference, scaling and norm forward, one product backward.
+    """
 
     @staticmethod
     def forward(
         ctx: Any,
+        strength: float,
         sqrt_omegas: list[torch.Tensor],
+        grad_scales: list[torch.Tensor],
         anchors: list[torch.Tensor],
         *params: torch.Tensor,
     ) -> torch.Tensor:
         scaled = torch._foreach_sub(list(params), anchors)
         torch._foreach_mul_(scaled, sqrt_omegas)
-        ctx.sqrt_omegas, ctx.scaled = sqrt_omegas, scaled
-        return torch.stack(torch._foreach_norm(scaled)).square().sum()
+        ctx.grad_scales, ctx.scaled = grad_scales, scaled
+        return strength * torch.stack(torch._foreach_norm(scaled)).square().sum()
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Any, ...]:
-        grads = torch._foreach_mul(ctx.scaled, ctx.sqrt_omegas)
-        torch._foreach_mul_(grads, 2.0 * grad_output)
-        return (None, None, *grads)
+        grads = torch._foreach_mul(ctx.scaled, ctx.grad_scales)
+        # A loss term is almost always back-propagated with weight 1: skip that pass on the CPU,
+        # where reading the scalar costs no device synchronisation.
+        if grad_output.device.type != "cpu" or float(grad_output) != 1.0:
+            torch._foreach_mul_(grads, grad_output)
+        return (None, None, None, None, *grads)
 
 
 class QuadraticPenalty(nn.Module):
     """``λ Σ_i Ω_i (θ_i − θ*_i)²`` over the parameters of ``model`` named in ``importance``.
 
-    Ω and θ* are registered as buffers (``omega.<name>``, ``anchor.<name>`` with dots replaced),
-    so they travel with a ``state_dict``. Parameters without an importance entry (e.g. a head added
-    later) are not penalised. ``anchors`` default to the parameters' current values.
+    ``strength`` (λ) is fixed at construction. Ω and θ* are registered as buffers
+    (``omega__<name>``, ``anchor__<name>``, dots replaced by ``__``), so they travel with a
+    ``state_dict``. Parameters without an importance entry (e.g. a head added later) are not
+    penalised. ``anchors`` default to the parameters' current values.
     """
 
     def __init__(
@@ -78,15 +88,20 @@ class QuadraticPenalty(nn.Module):
             key = name.replace(".", "__")
             self.register_buffer(f"omega__{key}", omega.clone())
             self.register_buffer(f"anchor__{key}", anchor.clone())
-            self.register_buffer(f"sqrt_omega__{key}", omega.clamp_min(0).sqrt(), persistent=False)
+            root = omega.clamp_min(0).sqrt()
+            self.register_buffer(f"sqrt_omega__{key}", root, persistent=False)
+            self.register_buffer(f"grad_scale__{key}", 2 * strength * root, persistent=False)
         self.register_load_state_dict_post_hook(  # type: ignore[no-untyped-call]
-            lambda module, _keys: module._refresh_sqrt_omegas()
+            lambda module, _keys: module._refresh_scales()
         )
 
-    def _refresh_sqrt_omegas(self) -> None:
-        """Recompute the cached √Ω after Ω buffers were replaced (``load_state_dict``)."""
+    def _refresh_scales(self) -> None:
+        """Recompute the cached √Ω and 2λ√Ω after Ω buffers were replaced (``load_state_dict``)."""
         for name, omega in zip(self.names, self._buffers_named("omega"), strict=True):
-            getattr(self, f"sqrt_omega__{name.replace('.', '__')}").copy_(omega.clamp_min(0).sqrt())
+            key = name.replace(".", "__")
+            root = omega.clamp_min(0).sqrt()
+            getattr(self, f"sqrt_omega__{key}").copy_(root)
+            getattr(self, f"grad_scale__{key}").copy_(2 * self.strength * root)
 
     def _buffers_named(self, prefix: str) -> list[torch.Tensor]:
         return [getattr(self, f"{prefix}__{name.replace('.', '__')}") for name in self.names]
@@ -103,7 +118,11 @@ class QuadraticPenalty(nn.Module):
         """The penalty value, differentiable with respect to the model's parameters."""
         if not self.names:
             return torch.zeros(())
-        value = _WeightedSquaredDistance.apply(  # type: ignore[no-untyped-call]
-            self._buffers_named("sqrt_omega"), self._buffers_named("anchor"), *self._params
+        value: torch.Tensor = _WeightedSquaredDistance.apply(  # type: ignore[no-untyped-call]
+            self.strength,
+            self._buffers_named("sqrt_omega"),
+            self._buffers_named("grad_scale"),
+            self._buffers_named("anchor"),
+            *self._params,
         )
-        return self.strength * value  # type: ignore[no-any-return]
+        return value
