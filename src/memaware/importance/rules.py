@@ -95,39 +95,41 @@ def linear_rule(
 def conv_rule(
     module: nn.Conv1d | nn.Conv2d, args: tuple[Any, ...], delta: torch.Tensor, f: Reduce
 ) -> dict[str, torch.Tensor] | None:
-    """``g_k[o, c·kh·kw] = Σ_l δ_k[o, l] · unfold(x_k)[c·kh·kw, l]`` per group, in chunks of samples.
+    """``g_k = ∂/∂W of Σ_l δ_k[:, l]·(W ⋆ x_k)[:, l]``: every sample's weight gradient at once, in chunks.
 
-    Returns ``None`` (→ fallback) for string padding or a non-zero padding mode, which unfold
-    does not express.
+    A chunk of m samples is laid side by side as one image with m·C channels and ``groups = m·G``,
+    so the library's weight-gradient convolution returns the m per-sample gradients (m·O, C/G, k...)
+    without an unfold copy. Returns ``None`` (→ fallback) for string padding or a padding mode
+    other than zeros.
     """
     if isinstance(module.padding, str) or module.padding_mode != "zeros":
         return None
     x = args[0]
-    if isinstance(module, nn.Conv1d):
-        x, delta = x.unsqueeze(-2), delta.unsqueeze(-2)
-        kernel, dilation = (1, *module.kernel_size), (1, *module.dilation)
-        padding, stride = (0, *module.padding), (1, *module.stride)
-    else:
-        kernel, dilation, padding, stride = (
-            module.kernel_size,
-            module.dilation,
-            module.padding,
-            module.stride,
-        )
     n, groups = x.shape[0], module.groups
-    out_per_group = module.out_channels // groups
-    d = delta.reshape(n, groups, out_per_group, -1)
     out: dict[str, torch.Tensor] = {}
     if _wants_weight(module):
-        weight = torch.zeros(
-            groups, out_per_group, module.weight[0].numel(), dtype=delta.dtype, device=delta.device
+        weight_grad = (
+            torch.nn.grad.conv2d_weight
+            if isinstance(module, nn.Conv2d)
+            else torch.nn.grad.conv1d_weight
         )
-        for part in chunks(n, module.weight.numel() + x[0].numel() * module.weight[0].numel()):
-            cols = F.unfold(x[part], kernel, dilation=dilation, padding=padding, stride=stride)
-            cols = cols.reshape(cols.shape[0], groups, -1, cols.shape[-1])
-            weight += f(torch.einsum("ngol,ngcl->ngoc", d[part], cols)).sum(0)
-        out["weight"] = weight.reshape(module.weight.shape)
-    _with_bias(module, out, lambda: f(d.sum(-1).reshape(n, -1)).sum(0))
+        channels_in, channels_out = module.in_channels, module.out_channels
+        weight = torch.zeros_like(module.weight)
+        for part in chunks(n, module.weight.numel()):
+            xs, ds = x[part], delta[part]
+            m = xs.shape[0]
+            per_sample = weight_grad(
+                xs.reshape(1, m * channels_in, *xs.shape[2:]),
+                (m * channels_out, *module.weight.shape[1:]),
+                ds.reshape(1, m * channels_out, *ds.shape[2:]),
+                stride=module.stride,
+                padding=module.padding,
+                dilation=module.dilation,
+                groups=m * groups,
+            )
+            weight += f(per_sample.reshape(m, *module.weight.shape)).sum(0)
+        out["weight"] = weight
+    _with_bias(module, out, lambda: f(delta.reshape(n, module.out_channels, -1).sum(-1)).sum(0))
     return out
 
 
