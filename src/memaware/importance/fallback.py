@@ -42,7 +42,7 @@ def fallback_rule(
             grads = call_grads if grads is None else {k: grads[k] + call_grads[k] for k in names}
         assert grads is not None
         for name in names:
-            totals[name] += f(grads[name]).sum(0)
+            totals[name] += f(grads[name], out=grads[name]).sum(0)
     return totals
 
 
