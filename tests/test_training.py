@@ -39,15 +39,16 @@ def _model(scenario: Scenario) -> MultiHeadClassifier:
 
 
 def test_mas_forgets_less_than_finetune(mnist: ImageDataset) -> None:
-    scenario = _small(mnist)
-    config = TrainConfig(epochs=2, lr=1e-3, seed=0)
+    # Five real Split-MNIST tasks, 3000 training images each: enough for finetuning to forget.
+    scenario = _small(mnist, n_train=3000, n_tasks=5)
+    config = TrainConfig(epochs=3, lr=1e-3, seed=0)
     finetune = run_method(make_method("finetune"), scenario, lambda: _model(scenario), config)
     mas = run_method(make_method("mas", strength=1.0), scenario, lambda: _model(scenario), config)
-    assert mas.accuracy.forgetting() < finetune.accuracy.forgetting()
-    assert mas.accuracy.forgetting() < 0.02
-    assert mas.accuracy.average_accuracy() > 0.95
+    assert finetune.accuracy.forgetting() > 0.03
+    assert mas.accuracy.forgetting() < finetune.accuracy.forgetting() / 3
+    assert mas.accuracy.average_accuracy() > finetune.accuracy.average_accuracy()
     values = mas.accuracy.values
-    assert np.isnan(values[0, 1]) and not np.isnan(values[2, 0])
+    assert np.isnan(values[0, 1]) and not np.isnan(values[4, 0])
 
 
 def test_same_seed_same_numbers(mnist: ImageDataset) -> None:
