@@ -9,6 +9,7 @@ ordinary autograd, applies f (|·| for MAS) and averages over the samples. Every
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import memaware.importance.exact as exact_module
+import memaware.importance.rules as rules_module
 from memaware.data.sources import load_mnist
 from memaware.errors import ConfigError
 from memaware.importance import mas
@@ -190,6 +192,8 @@ def conv_configs(draw: st.DrawFn, dims: int) -> dict[str, object]:
         ),
         "n": draw(st.integers(1, 5)),
         "size": tuple(size),
+        # 0: every conv takes the grouped weight-gradient path; 10**6: every conv unfolds
+        "unfold_max_fan_in": draw(st.sampled_from([0, 10**6])),
         "seed": draw(st.integers(0, 2**16)),
     }
 
@@ -200,7 +204,8 @@ def _conv_case(conv_type: type[nn.Module], config: dict[str, object]) -> None:
     conv = conv_type(**kwargs).double()
     model = nn.Sequential(conv, nn.Tanh())
     x = torch.randn(config["n"], kwargs["in_channels"], *config["size"], dtype=torch.float64)  # type: ignore[misc]
-    check_mas(model, x, tol=TOL64)
+    with patch.object(rules_module, "UNFOLD_MAX_FAN_IN", config["unfold_max_fan_in"]):
+        check_mas(model, x, tol=TOL64)
 
 
 @settings(max_examples=15, deadline=None)
@@ -215,7 +220,11 @@ def test_conv2d_random_hyperparameters(config: dict[str, object]) -> None:
     _conv_case(nn.Conv2d, config)
 
 
-def test_conv_net_float32_strided_grouped_dilated() -> None:
+@pytest.mark.parametrize("unfold_max_fan_in", [0, 10**6])
+def test_conv_net_float32_strided_grouped_dilated(
+    monkeypatch: pytest.MonkeyPatch, unfold_max_fan_in: int
+) -> None:
+    monkeypatch.setattr(rules_module, "UNFOLD_MAX_FAN_IN", unfold_max_fan_in)
     seeded(7)
     model = nn.Sequential(
         nn.Conv2d(3, 6, 3, stride=2, padding=1),
@@ -229,7 +238,11 @@ def test_conv_net_float32_strided_grouped_dilated() -> None:
     check_mas(model, torch.randn(10, 3, 9, 9), batch_size=4)
 
 
-def test_conv1d_depthwise_no_bias_float32() -> None:
+@pytest.mark.parametrize("unfold_max_fan_in", [0, 10**6])
+def test_conv1d_depthwise_no_bias_float32(
+    monkeypatch: pytest.MonkeyPatch, unfold_max_fan_in: int
+) -> None:
+    monkeypatch.setattr(rules_module, "UNFOLD_MAX_FAN_IN", unfold_max_fan_in)
     seeded(8)
     model = nn.Sequential(
         nn.Conv1d(4, 4, 5, stride=2, padding=2, groups=4, bias=False),

@@ -102,17 +102,24 @@ def linear_rule(
     return out
 
 
+# Measured on CPU (3×3 kernels, 256 samples): unfold + batched matmul is within 10 % of the batched
+# weight gradient for a small fan-in (3 input channels) but 3-4× slower for 32; a grouped
+# weight-gradient convolution is the reverse, and fastest with a few dozen samples per call.
+UNFOLD_MAX_FAN_IN = 64
+GROUPED_MAX_SAMPLES = 32
+
+
 @register_rule(nn.Conv1d, nn.Conv2d)
 def conv_rule(
     module: nn.Conv1d | nn.Conv2d, args: tuple[Any, ...], delta: torch.Tensor, f: Reduce
 ) -> dict[str, torch.Tensor] | None:
     """Per-sample weight gradients ``g_k[o, c, i] = Σ_l δ_k[o, l] · x_k[c, l + i]``, in chunks of samples.
 
-    A chunk of m samples is laid side by side as one image with m·C channels and ``groups = m·G``,
-    so the library's weight-gradient convolution returns all m per-sample gradients at once,
-    without an unfold copy (measured faster than unfold + batched matmul on CPU for all but the
-    smallest fan-in). Returns ``None`` (→ fallback) for string padding or a padding mode other
-    than zeros.
+    Two exact ways, picked by the fan-in C/G·k of an output channel: for a small one, ``unfold``
+    the inputs and contract them with δ sample by sample (a batched matmul); otherwise lay m
+    samples side by side as one image with m·C channels and ``groups = m·G``, so that the
+    library's weight-gradient convolution returns all m per-sample gradients at once. Returns
+    ``None`` (→ fallback) for string padding or a padding mode other than zeros.
     """
     if isinstance(module.padding, str) or module.padding_mode != "zeros":
         return None
@@ -120,9 +127,19 @@ def conv_rule(
     n = x.shape[0]
     out: dict[str, torch.Tensor] = {}
     if _wants_weight(module):
+        fan_in = module.weight[0].numel()
+        if fan_in <= UNFOLD_MAX_FAN_IN:
+            per_sample_grads, budget = (
+                _unfolded,
+                module.weight.numel() + fan_in * delta[0, 0].numel(),
+            )
+            parts = chunks(n, budget)
+        else:
+            per_sample_grads = _grouped
+            parts = chunks(n, max(module.weight.numel(), CHUNK_ELEMENTS // GROUPED_MAX_SAMPLES))
         weight = torch.zeros_like(module.weight)
-        for part in chunks(n, module.weight.numel()):
-            per_sample = _grouped(module, x[part], delta[part])
+        for part in parts:
+            per_sample = per_sample_grads(module, x[part], delta[part])
             weight += f(per_sample, out=per_sample).sum(0)
         out["weight"] = weight
     _with_bias(module, out, lambda: f(delta.reshape(n, module.out_channels, -1).sum(-1)).sum(0))
@@ -143,6 +160,26 @@ def _grouped(module: nn.Conv1d | nn.Conv2d, x: torch.Tensor, delta: torch.Tensor
         groups=m * module.groups,
     )
     return per_sample.reshape(m, *module.weight.shape)
+
+
+def _unfolded(module: nn.Conv1d | nn.Conv2d, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """(m, *weight.shape) per-sample gradients as δ_k · unfold(x_k)ᵀ per group (batched matmul)."""
+    assert not isinstance(module.padding, str)  # conv_rule sends string padding to the fallback
+    kernel, dilation = tuple(module.kernel_size), tuple(module.dilation)
+    padding, stride = tuple(module.padding), tuple(module.stride)
+    if isinstance(module, nn.Conv1d):  # as a 2-D convolution of height 1
+        x, delta = x.unsqueeze(-2), delta.unsqueeze(-2)
+        kernel, dilation, padding, stride = (
+            (1, *kernel),
+            (1, *dilation),
+            (0, *padding),
+            (1, *stride),
+        )
+    m, groups = x.shape[0], module.groups
+    cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
+    cols = cols.reshape(m * groups, -1, cols.shape[-1])
+    d = delta.reshape(m * groups, module.out_channels // groups, -1)
+    return torch.bmm(d, cols.transpose(1, 2)).reshape(m, *module.weight.shape)
 
 
 @register_rule(nn.Embedding)
