@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -30,6 +31,7 @@ from memaware.models import MLP, SmallCNN
 from memaware.penalties import QuadraticPenalty
 
 MLP_SAMPLES, CNN_SAMPLES, BATCH = 2048, 1024, 256
+STEPS = 20  # training steps per timed run of the penalty benchmark
 
 
 def mlp_model() -> nn.Module:
@@ -91,8 +93,12 @@ def max_relative_error(exact: dict[str, torch.Tensor], reference: dict[str, torc
     )
 
 
-def penalty_overhead(model: nn.Module, x: torch.Tensor, repeats: int) -> tuple[float, float]:
-    """Median time of 50 Adam steps (batch 128) without and with the MAS penalty."""
+def penalty_overhead(model: nn.Module, x: torch.Tensor, repeats: int) -> tuple[float, float, float]:
+    """Seconds per Adam step (batch 128) without and with the MAS penalty, and their ratio.
+
+    Runs of 20 steps alternate between the two sides; the ratio is the median of the paired
+    ratios, which a shared machine's drifts affect far less than a ratio of two medians.
+    """
     omega = mas(model, batches(x, BATCH))
     penalty = QuadraticPenalty(model, omega, 1.0)
     y = torch.randint(0, 10, (len(x),), generator=torch.Generator().manual_seed(0))
@@ -101,7 +107,7 @@ def penalty_overhead(model: nn.Module, x: torch.Tensor, repeats: int) -> tuple[f
 
     def steps(with_penalty: bool) -> Callable[[], None]:
         def run() -> None:
-            for i in range(50):
+            for i in range(STEPS):
                 index = slice((i * 128) % len(x), (i * 128) % len(x) + 128)
                 loss = F.cross_entropy(model(x[index]), y[index])
                 if with_penalty:
@@ -113,10 +119,11 @@ def penalty_overhead(model: nn.Module, x: torch.Tensor, repeats: int) -> tuple[f
         return run
 
     plain, penalised = [], []
-    for _ in range(repeats):  # interleaved, so drifts of a shared machine hit both sides
-        plain.append(median_time(steps(False), repeats=1))
-        penalised.append(median_time(steps(True), repeats=1))
-    return sorted(plain)[len(plain) // 2], sorted(penalised)[len(penalised) // 2]
+    for _ in range(4 * repeats):
+        plain.append(median_time(steps(False), repeats=1, warmup=0) / STEPS)
+        penalised.append(median_time(steps(True), repeats=1, warmup=0) / STEPS)
+    ratio = statistics.median(p / q for p, q in zip(penalised, plain, strict=True))
+    return statistics.median(plain), statistics.median(penalised), ratio
 
 
 def run(repeats: int = 5, memory: bool = True) -> dict[str, Any]:
@@ -140,9 +147,9 @@ def run(repeats: int = 5, memory: bool = True) -> dict[str, Any]:
         errors.append(max_relative_error(dict(exact), loop_importance(model.double(), x.double())))
         model.float()
     out["max_rel_err"] = max(errors)
-    plain, penalised = penalty_overhead(mlp, x_mlp, repeats)
-    out["step_s_plain"], out["step_s_penalty"] = plain / 50, penalised / 50
-    out["penalty_step_overhead"] = penalised / plain
+    plain, penalised, ratio = penalty_overhead(mlp, x_mlp, repeats)
+    out["step_s_plain"], out["step_s_penalty"] = plain, penalised
+    out["penalty_step_overhead"] = ratio
     if memory:
         exact_mem = peak_memory_bytes("memaware.bench.importance", "exact")
         batch_mem = peak_memory_bytes("memaware.bench.importance", "batch")
