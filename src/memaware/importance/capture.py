@@ -1,7 +1,10 @@
 """Forward hooks that record, for every module owning trainable parameters, each call's inputs and output.
 
-The outputs stay in the autograd graph so that one ``torch.autograd.grad(loss, outputs)`` gives
-every layer's output gradient δ without computing any parameter gradient.
+For gradients, the output is kept as its autograd *gradient edge* (the slot of the node that
+produced it), not as a tensor: ``torch.autograd.grad(loss, edges)`` then gives every layer's
+output gradient δ without computing any parameter gradient, exactly even when later in-place
+operations (``ReLU(inplace=True)``) rewrite the tensor, and without keeping outputs alive that
+the backward pass itself would have freed.
 """
 
 from __future__ import annotations
@@ -9,22 +12,23 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 from memaware.errors import ConfigError
 
 
 @dataclass
 class Call:
-    """One call of a module: its (detached) inputs, its output, and the output's autograd version."""
+    """One call of a module: its (detached) inputs and either its output's gradient edge or a copy of it."""
 
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
-    output: torch.Tensor
-    version: int
+    edge: GradientEdge | None = None
+    value: torch.Tensor | None = None
 
 
 @dataclass
@@ -48,19 +52,18 @@ def owners(model: nn.Module) -> list[OwnedParameters]:
     return found
 
 
-class InplaceModified(Exception):
-    """A recorded output was modified in place after the call (e.g. ``ReLU(inplace=True)``)."""
-
-
 @contextmanager
-def recording(owned: list[OwnedParameters], clone_outputs: bool) -> Iterator[None]:
-    """Record calls while the block runs. ``clone_outputs`` hands the rest of the network a copy,
-    so that in-place operations downstream cannot change the recorded output."""
+def recording(owned: list[OwnedParameters], keep: Literal["edge", "value"]) -> Iterator[None]:
+    """Record the calls of ``owned`` modules while the block runs.
+
+    ``keep="edge"`` records the output's gradient edge (for a backward pass); ``"value"`` a copy
+    of the output (for forward-only rules, safe from later in-place changes).
+    """
 
     def make_hook(entry: OwnedParameters) -> Any:
         def hook(
             module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
-        ) -> Any:
+        ) -> None:
             if not isinstance(output, torch.Tensor):
                 raise ConfigError(
                     f"{type(module).__name__} returns {type(output).__name__}, not a tensor: exact "
@@ -68,8 +71,12 @@ def recording(owned: list[OwnedParameters], clone_outputs: bool) -> Iterator[Non
                 )
             detached = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
             named = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
-            entry.calls.append(Call(detached, named, output, output._version))
-            return output.clone() if clone_outputs else None
+            if keep == "edge":
+                if output.grad_fn is None:
+                    return  # no graph (frozen inputs and parameters): nothing to measure here
+                entry.calls.append(Call(detached, named, edge=get_gradient_edge(output)))
+            else:
+                entry.calls.append(Call(detached, named, value=output.detach().clone()))
 
         return hook
 
@@ -81,11 +88,3 @@ def recording(owned: list[OwnedParameters], clone_outputs: bool) -> Iterator[Non
     finally:
         for handle in handles:
             handle.remove()
-
-
-def check_versions(owned: list[OwnedParameters]) -> None:
-    """Raise :class:`InplaceModified` if any recorded output changed after it was recorded."""
-    for entry in owned:
-        for call in entry.calls:
-            if call.output._version != call.version:
-                raise InplaceModified

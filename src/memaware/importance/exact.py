@@ -11,15 +11,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+from torch.autograd.graph import GradientEdge
 
 from memaware.errors import ConfigError
-from memaware.importance.capture import (
-    InplaceModified,
-    OwnedParameters,
-    check_versions,
-    owners,
-    recording,
-)
+from memaware.importance.capture import OwnedParameters, owners, recording
 from memaware.importance.fallback import fallback_rule
 from memaware.importance.rules import RULES, Reduce
 
@@ -36,25 +31,15 @@ class ExactEngine:
         self.f = f
         self.owned = owners(model)
         self.sums: dict[str, torch.Tensor] = {}
-        # Set once a model is seen to modify a recorded output in place; kept for later batches.
-        self.clone_outputs = False
 
     def add_batch(self, x: torch.Tensor, objectives: Objectives) -> None:
         """Add Σ_k f(g_k) of this batch's samples to :attr:`sums`."""
-        try:
-            self._add_batch(x, objectives)
-        except InplaceModified:
-            self.clone_outputs = True
-            self._add_batch(x, objectives)
-
-    def _add_batch(self, x: torch.Tensor, objectives: Objectives) -> None:
         for entry in self.owned:
             entry.calls.clear()
-        with recording(self.owned, self.clone_outputs):
+        with recording(self.owned, keep="edge"):
             losses = objectives(self.model, x)
-        check_versions(self.owned)
         called = [entry for entry in self.owned if entry.calls]
-        outputs = [call.output for entry in called for call in entry.calls]
+        outputs = [edge for entry in called for edge in _edges(entry)]
         if not outputs:
             raise ConfigError(
                 "no trainable parameter of the model takes part in the output: nothing to measure"
@@ -87,3 +72,10 @@ class ExactEngine:
         for local, value in result.items():
             full = entry.full_names[local]
             self.sums[full] = self.sums[full] + value if full in self.sums else value.detach()
+
+
+def _edges(entry: OwnedParameters) -> list[GradientEdge]:
+    """The gradient edges of an entry's calls (recorded with ``keep="edge"``, so all present)."""
+    edges = [call.edge for call in entry.calls if call.edge is not None]
+    assert len(edges) == len(entry.calls)
+    return edges

@@ -55,13 +55,13 @@ def local_mas(
         for x in input_batches(data, max_samples):
             for entry in layers:
                 entry.calls.clear()
-            # Downstream in-place ops (ReLU(inplace=True)) must not change the recorded outputs.
-            with recording(layers, clone_outputs=True):
+            with recording(layers, keep="value"):
                 model(x.to(device))
             for entry in layers:
                 for call in entry.calls:
+                    assert call.value is not None  # recorded with keep="value"
                     result = RULES[type(entry.module)](
-                        entry.module, call.args, 2 * act(call.output), torch.abs
+                        entry.module, call.args, 2 * act(call.value), torch.abs
                     )
                     if result is None:
                         raise ConfigError(
