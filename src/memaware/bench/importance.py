@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -22,6 +21,7 @@ from torch.func import functional_call, grad, vmap
 from memaware.bench.timing import (
     current_rss_bytes,
     median_time,
+    paired,
     peak_memory_bytes,
     peak_rss_bytes,
     reset_peak_rss,
@@ -96,8 +96,7 @@ def max_relative_error(exact: dict[str, torch.Tensor], reference: dict[str, torc
 def penalty_overhead(model: nn.Module, x: torch.Tensor, repeats: int) -> tuple[float, float, float]:
     """Seconds per Adam step (batch 128) without and with the MAS penalty, and their ratio.
 
-    Runs of 20 steps alternate between the two sides; the ratio is the median of the paired
-    ratios, which a shared machine's drifts affect far less than a ratio of two medians.
+    Runs of 20 steps alternate between the two sides (see :func:`paired`).
     """
     omega = mas(model, batches(x, BATCH))
     penalty = QuadraticPenalty(model, omega, 1.0)
@@ -118,12 +117,8 @@ def penalty_overhead(model: nn.Module, x: torch.Tensor, repeats: int) -> tuple[f
 
         return run
 
-    plain, penalised = [], []
-    for _ in range(4 * repeats):
-        plain.append(median_time(steps(False), repeats=1, warmup=0) / STEPS)
-        penalised.append(median_time(steps(True), repeats=1, warmup=0) / STEPS)
-    ratio = statistics.median(p / q for p, q in zip(penalised, plain, strict=True))
-    return statistics.median(plain), statistics.median(penalised), ratio
+    penalised, plain, ratio = paired(steps(True), steps(False), 4 * repeats)
+    return plain / STEPS, penalised / STEPS, ratio
 
 
 def run(repeats: int = 5, memory: bool = True) -> dict[str, Any]:
@@ -132,10 +127,13 @@ def run(repeats: int = 5, memory: bool = True) -> dict[str, Any]:
     mlp, x_mlp = mlp_model(), mlp_inputs()
     cnn, x_cnn = cnn_model(), cnn_inputs()
     for label, model, x in (("mlp", mlp, x_mlp), ("cnn", cnn, x_cnn)):
-        exact_t = median_time(partial(mas, model, batches(x, BATCH)), repeats)
-        batch_t = median_time(partial(mas, model, batches(x, BATCH), granularity="batch"), repeats)
+        exact_t, batch_t, ratio = paired(
+            partial(mas, model, batches(x, BATCH)),
+            partial(mas, model, batches(x, BATCH), granularity="batch"),
+            3 * repeats,
+        )
         out[f"exact_s_{label}"], out[f"batch_s_{label}"] = exact_t, batch_t
-        out[f"exact_over_batch_{label}"] = exact_t / batch_t
+        out[f"exact_over_batch_{label}"] = ratio
     loop_t = median_time(lambda: loop_importance(mlp, x_mlp), repeats=1, warmup=0)
     vmap_t = median_time(lambda: vmap_importance(mlp, x_mlp), repeats=max(1, repeats // 2))
     out["loop_s_mlp"], out["vmap_s_mlp"] = loop_t, vmap_t

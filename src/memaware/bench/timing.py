@@ -22,6 +22,25 @@ def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> 
     return statistics.median(times)
 
 
+def paired(
+    numerator: Callable[[], object], denominator: Callable[[], object], repeats: int
+) -> tuple[float, float, float]:
+    """Median times of two functions run alternately, and the median of their paired ratios.
+
+    Each round times ``numerator`` then ``denominator`` back to back, so a shared machine's
+    drifts hit both sides of a ratio alike; the median of per-round ratios discards the rounds
+    a burst of load spoiled. Returns (median numerator s, median denominator s, ratio).
+    """
+    numerator()
+    denominator()
+    tops, bottoms = [], []
+    for _ in range(repeats):
+        tops.append(median_time(numerator, repeats=1, warmup=0))
+        bottoms.append(median_time(denominator, repeats=1, warmup=0))
+    ratio = statistics.median(t / b for t, b in zip(tops, bottoms, strict=True))
+    return statistics.median(tops), statistics.median(bottoms), ratio
+
+
 def peak_memory_bytes(module: str, variant: str) -> int:
     """Peak resident memory added by ``python -m <module> --peak-memory <variant>`` in a fresh process.
 
