@@ -34,7 +34,7 @@ test: $(VENV)/.test-installed $(VENV)/.data
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.test-installed
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/mypy
 
 clean:
