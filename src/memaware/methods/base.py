@@ -1,19 +1,37 @@
 """The small base class every continual-learning method overrides a few hooks of.
 
-Lifecycle for each task t of a stream (Avalanche's vocabulary):
-``before_task`` → training on ``training_tasks(...)`` with ``loss_term`` added to the task loss →
-``after_task`` (consolidation: importance, anchors, merging).
+Lifecycle for each task t of a stream (Avalanche's vocabulary)::
+
+    before_task(model, task, seen)
+    for each step on training_tasks(seen):
+        loss = cross-entropy + loss_term(model, batch);  backward;  optimizer step;  after_step(model)
+    after_task(model, task, seen)          # consolidation: importance, anchors, merging
+    (every task seen so far is evaluated with the model as after_task left it)
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
 from memaware.data.scenarios import SETTINGS, Setting, Task
 from memaware.models.multihead import MultiHeadClassifier
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One training batch: inputs, labels and the head answering each sample.
+
+    ``heads`` is an int when the whole batch belongs to one head (always, except for joint
+    training over several task-incremental tasks), else a tensor of head ids per sample.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    heads: torch.Tensor | int
 
 
 class Method:
@@ -30,9 +48,12 @@ class Method:
         """The tasks whose training data are used now (default: the current one only)."""
         return seen[-1:]
 
-    def loss_term(self, model: MultiHeadClassifier) -> torch.Tensor | None:
+    def loss_term(self, model: MultiHeadClassifier, batch: Batch) -> torch.Tensor | None:
         """A term added to the task loss at every training step (``None`` for no term)."""
         return None
+
+    def after_step(self, model: MultiHeadClassifier) -> None:
+        """Called after every optimizer step (parameters updated, gradients still in ``.grad``)."""
 
     def after_task(self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]) -> None:
         """Called once ``task`` is learned, before evaluation."""

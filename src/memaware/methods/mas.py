@@ -12,7 +12,7 @@ A head created for a new task has no Ω and is free; the heads of past tasks are
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -20,11 +20,10 @@ import torch
 
 from memaware.data.scenarios import Task
 from memaware.errors import ConfigError
-from memaware.importance import accumulate, batches, mas
+from memaware.importance import batches, mas
 from memaware.importance.mas import Granularity, Norm
-from memaware.methods.base import Method
+from memaware.methods.regulariser import QuadraticRegulariser
 from memaware.models.multihead import MultiHeadClassifier, heads_output
-from memaware.penalties import QuadraticPenalty
 
 
 @dataclass
@@ -58,21 +57,17 @@ class MASOptions:
             raise ConfigError(f"unknown heads option {self.heads!r}: use learned or current")
 
 
-class MAS(Method):
+class MAS(QuadraticRegulariser):
     """Global MAS with exact per-sample importance (or the authors' batched estimate)."""
 
     name = "mas"
 
     def __init__(self, options: MASOptions | None = None) -> None:
         self.opts = options or MASOptions()
-        self.omega: dict[str, torch.Tensor] | None = None
-        self.penalty: QuadraticPenalty | None = None
+        super().__init__(self.opts.strength, self.opts.accumulation, self.opts.alpha)
 
     def options(self) -> dict[str, object]:
         return asdict(self.opts)
-
-    def loss_term(self, model: MultiHeadClassifier) -> torch.Tensor | None:
-        return self.penalty() if self.penalty is not None else None
 
     def importance_inputs(self, task: Task) -> torch.Tensor:
         """The unlabelled inputs Ω is computed on."""
@@ -83,13 +78,15 @@ class MAS(Method):
         }
         return torch.cat(parts[self.opts.importance_data])
 
-    def after_task(self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]) -> None:
+    def importance(
+        self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]
+    ) -> Mapping[str, torch.Tensor]:
         heads = (
             [task.head]
             if self.opts.heads == "current"
             else list(dict.fromkeys(t.head for t in seen))
         )
-        new = mas(
+        return mas(
             model,
             batches(self.importance_inputs(task), self.opts.importance_batch_size),
             granularity=self.opts.granularity,
@@ -97,5 +94,3 @@ class MAS(Method):
             outputs=heads_output(heads),
             max_samples=self.opts.max_samples,
         )
-        self.omega = accumulate(self.omega, new, rule=self.opts.accumulation, alpha=self.opts.alpha)
-        self.penalty = QuadraticPenalty(model, self.omega, self.opts.strength)

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from memaware.data.scenarios import Scenario, Task
 from memaware.errors import ConfigError
-from memaware.methods.base import Method
+from memaware.methods.base import Batch, Method
 from memaware.metrics import AccuracyMatrix
 from memaware.models.multihead import MultiHeadClassifier
 
@@ -128,14 +128,15 @@ def train_task(
     for _ in range(config.epochs):
         order = torch.randperm(len(y), generator=generator)
         for index in torch.split(order, config.batch_size):
-            batch_heads = heads if isinstance(heads, int) else heads[index]
-            loss = task_loss(model, x[index], y[index], batch_heads)
-            extra = method.loss_term(model)
+            batch = Batch(x[index], y[index], heads if isinstance(heads, int) else heads[index])
+            loss = task_loss(model, batch.x, batch.y, batch.heads)
+            extra = method.loss_term(model, batch)
             if extra is not None:
                 loss = loss + extra
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
+            method.after_step(model)
         if progress is not None:
             progress()
 
