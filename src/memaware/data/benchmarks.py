@@ -1,4 +1,4 @@
-"""Named benchmarks: a dataset and a way of cutting it into tasks."""
+"""Named benchmarks: a dataset and a way of cutting it into tasks, or a sequence of datasets."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from memaware.data.scenarios import Scenario, permuted_scenario, split_scenario
-from memaware.data.sources import load_dataset
+from memaware.data.sequence import dataset_sequence
+from memaware.data.sources import load_animal_mnist, load_dataset, load_fashion_mnist, load_mnist
 from memaware.errors import ConfigError
 
 
@@ -29,10 +30,28 @@ def _permuted(
     )
 
 
+def _mnist_fashion_animal(
+    setting: str, data_dir: str | Path | None, download: bool, seed: int, n_tasks: int
+) -> Scenario:
+    if data_dir is not None:
+        raise ConfigError(
+            f"mnist-fashion-animal reads three different datasets, but --data-dir names the "
+            f"folder of one dataset (got {data_dir}); drop the option: MNIST and Animal-MNIST "
+            "come from their packages and Fashion-MNIST from its system folder or --download"
+        )
+    datasets = (
+        load_mnist(download=download),
+        load_fashion_mnist(download=download),
+        load_animal_mnist(seed=seed),
+    )
+    return dataset_sequence(datasets, setting, "mnist-fashion-animal")
+
+
 BENCHMARKS: dict[str, Callable[..., Scenario]] = {
     "split-mnist": _split("mnist"),
     "split-fashion-mnist": _split("fashion-mnist"),
     "permuted-mnist": _permuted,
+    "mnist-fashion-animal": _mnist_fashion_animal,
 }
 
 
@@ -47,7 +66,9 @@ def make_scenario(
 ) -> Scenario:
     """The task stream of ``benchmark`` in ``setting`` (``task``, ``domain`` or ``class``).
 
-    ``seed`` and ``n_tasks`` matter for Permuted-MNIST only (its permutations and length).
+    ``seed`` and ``n_tasks`` matter for Permuted-MNIST (its permutations and length); ``seed``
+    also draws the train/test split of Animal-MNIST in ``mnist-fashion-animal``, which takes no
+    ``data_dir`` (it reads three datasets, and a data folder names one).
     """
     if benchmark not in BENCHMARKS:
         raise ConfigError(

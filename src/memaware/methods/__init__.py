@@ -2,29 +2,61 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import inspect
 from typing import Any
 
 from memaware.errors import ConfigError
-from memaware.methods.base import Method
+from memaware.methods.base import Batch, Method
 from memaware.methods.finetune import Finetune
 from memaware.methods.joint import Joint
 from memaware.methods.mas import MAS, MASOptions
 
-METHODS: dict[str, Callable[..., Method]] = {
-    "finetune": lambda **_: Finetune(),
-    "joint": lambda **_: Joint(),
-    "mas": lambda strength=1.0, granularity="sample", **_: MAS(
-        MASOptions(strength=strength, granularity=granularity)
-    ),
-}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Finetune, Joint, MAS)}
 
 
-def make_method(name: str, **options: Any) -> Method:
-    """Build the method called ``name`` with the options it understands (others are ignored)."""
+def accepted_options(cls: type[Method]) -> set[str]:
+    """Keyword options a method's constructor takes (the fields of its ``Options`` dataclass, if any)."""
+    options = getattr(cls, "Options", None)
+    if options is not None and dataclasses.is_dataclass(options):
+        return {field.name for field in dataclasses.fields(options)}
+    parameters = inspect.signature(cls.__init__).parameters.values()
+    return {p.name for p in parameters if p.name != "self" and p.kind is p.KEYWORD_ONLY}
+
+
+def make_method(name: str, strength: float | None = None, **options: Any) -> Method:
+    """Build the method called ``name``; ``strength`` sets its main regularisation weight (if it has one).
+
+    Unknown options raise :class:`ConfigError` naming what the method accepts.
+    """
     if name not in METHODS:
         raise ConfigError(f"unknown method {name!r}; known methods: {', '.join(METHODS)}")
-    return METHODS[name](**options)
+    cls = METHODS[name]
+    accepted = accepted_options(cls)
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ConfigError(
+            f"method {name} has no option {', '.join(unknown)}; it takes {', '.join(sorted(accepted)) or 'none'}"
+        )
+    if strength is not None and "strength" in accepted:
+        options["strength"] = strength
+    return cls(**options)
 
 
-__all__ = ["MAS", "METHODS", "Finetune", "Joint", "MASOptions", "Method", "make_method"]
+def methods_for(setting: str) -> list[str]:
+    """Every registered method that supports ``setting`` (what ``--methods all`` means)."""
+    return [name for name, cls in METHODS.items() if setting in cls.scenarios]
+
+
+__all__ = [
+    "MAS",
+    "METHODS",
+    "Batch",
+    "Finetune",
+    "Joint",
+    "MASOptions",
+    "Method",
+    "accepted_options",
+    "make_method",
+    "methods_for",
+]

@@ -13,8 +13,8 @@ A head created for a new task has no Ω and is free; the heads of past tasks are
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
-from typing import Literal
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
 
 import torch
 
@@ -61,9 +61,11 @@ class MAS(QuadraticRegulariser):
     """Global MAS with exact per-sample importance (or the authors' batched estimate)."""
 
     name = "mas"
+    Options = MASOptions
 
-    def __init__(self, options: MASOptions | None = None) -> None:
-        self.opts = options or MASOptions()
+    def __init__(self, options: MASOptions | None = None, **fields: Any) -> None:
+        """``MAS(MASOptions(...))`` or ``MAS(strength=..., granularity=...)`` (fields of MASOptions)."""
+        self.opts = replace(options or MASOptions(), **fields)
         super().__init__(self.opts.strength, self.opts.accumulation, self.opts.alpha)
 
     def options(self) -> dict[str, object]:
