@@ -1,4 +1,4 @@
-"""Reports of a run: results.json, a markdown summary and a PNG, all written atomically."""
+"""Reports of a run: results.json, a markdown summary and three PNGs, all written atomically."""
 
 from __future__ import annotations
 
@@ -6,13 +6,27 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from memaware.reports.comparison import (
+    bars_figure,
+    plot_bars,
+    plot_task_curves,
+    png_bytes,
+    task_curves_figure,
+)
 from memaware.reports.io import (
     atomic_path,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
 )
-from memaware.reports.markdown import accuracy_matrix_table, checked_matrix, results_table
+from memaware.reports.markdown import (
+    accuracy_matrix_table,
+    checked_matrix,
+    metric_std,
+    results_table,
+    seed_count,
+)
+from memaware.reports.plots import _figure as _accuracy_figure
 from memaware.reports.plots import plot_results
 
 __all__ = [
@@ -22,8 +36,12 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "checked_matrix",
+    "metric_std",
+    "plot_bars",
     "plot_results",
+    "plot_task_curves",
     "results_table",
+    "seed_count",
     "write_report",
 ]
 
@@ -32,6 +50,8 @@ def _markdown_report(results: Mapping[str, Any]) -> str:
     parts = [
         "# memaware results\n",
         results_table(results),
+        "![Average accuracy per method, with its average drop on each bar](comparison.png)\n",
+        "![Accuracy on each task after each training stage](curves.png)\n",
         "![Accuracy matrices and final accuracy per task](accuracy.png)\n",
         "## Accuracy matrices\n",
         "Row: after training that task; column: accuracy (%) on that task.\n",
@@ -43,21 +63,30 @@ def _markdown_report(results: Mapping[str, Any]) -> str:
 
 
 def write_report(results: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
-    """Write results.json, results.md and accuracy.png into `out_dir`, creating it if needed.
+    """Write results.json, results.md and three PNGs into `out_dir`, creating it if needed.
 
-    Returns the written paths under the keys "json", "markdown" and "plot". The markdown is
-    built before anything is written, so malformed results fail without touching `out_dir`'s
-    files.
+    Returns the written paths under the keys "json", "markdown", "plot" (accuracy.png: the
+    accuracy matrices), "bars" (comparison.png: average accuracy per method, see `plot_bars`)
+    and "curves" (curves.png: each task's accuracy over training, see `plot_task_curves`).
+    The markdown and all three images are built in memory before anything is written, and the
+    JSON (which rejects NaN) is written first, so malformed results fail without touching
+    `out_dir`'s files; each file is replaced atomically.
     """
     out_dir = Path(out_dir)
     markdown = _markdown_report(results)
+    images = {
+        "plot": ("accuracy.png", png_bytes(_accuracy_figure(results))),
+        "bars": ("comparison.png", png_bytes(bars_figure(results))),
+        "curves": ("curves.png", png_bytes(task_curves_figure(results))),
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
         "json": out_dir / "results.json",
         "markdown": out_dir / "results.md",
-        "plot": out_dir / "accuracy.png",
+        **{key: out_dir / name for key, (name, _) in images.items()},
     }
     atomic_write_json(paths["json"], dict(results))
     atomic_write_text(paths["markdown"], markdown)
-    plot_results(results, paths["plot"])
+    for key, (_, data) in images.items():
+        atomic_write_bytes(paths[key], data)
     return paths

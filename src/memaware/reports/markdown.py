@@ -3,6 +3,10 @@
 Accuracies in the results dict are fractions in [0, 1]; the tables show accuracies in percent
 and the differences between accuracies (forgetting, BWT, drop) in percentage points. Keys
 that the tables do not use are ignored, so later additions to the results dict are harmless.
+
+A method run over several seeds holds the mean of each metric, a ``"std"`` mapping with the
+standard deviation of the summary metrics and a ``"runs"`` list with one entry per seed;
+`seed_count` and `metric_std` read these, and results without them count as one seed.
 """
 
 from __future__ import annotations
@@ -46,6 +50,44 @@ def _metric(entry: Mapping[str, Any], method: str, key: str) -> float:
     return float(value)
 
 
+def seed_count(results: Mapping[str, Any], method: str) -> int:
+    """How many seeds `method`'s numbers average over: its ``"runs"``, else the top-level seeds.
+
+    Results from before per-seed runs were recorded have neither key (or one seed) and count as
+    one seed. Raises DataError when ``"runs"`` is present but not a non-empty list.
+    """
+    entry = results["methods"][method]
+    if "runs" in entry:
+        runs = entry["runs"]
+        if isinstance(runs, str | bytes) or not isinstance(runs, Sequence) or not runs:
+            raise DataError(f"method {method!r}: 'runs' must be a non-empty list of runs")
+        return len(runs)
+    seeds = results.get("seeds")
+    if isinstance(seeds, Sequence) and not isinstance(seeds, str | bytes) and seeds:
+        return len(seeds)
+    return 1
+
+
+def metric_std(results: Mapping[str, Any], method: str, key: str) -> float | None:
+    """The standard deviation over seeds of `method`'s summary metric `key`, in its own unit.
+
+    None when there is nothing to show: a single seed, or results without a ``"std"`` mapping.
+    Raises DataError when the mapping is there but `key` is missing, negative or not a number.
+    """
+    entry = results["methods"][method]
+    std = entry.get("std")
+    if std is None or seed_count(results, method) <= 1:
+        return None
+    if not isinstance(std, Mapping):
+        raise DataError(f"method {method!r}: 'std' must map metric names to numbers")
+    value = std.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise DataError(
+            f"method {method!r}: std of {key!r} must be a non-negative number, got {value!r}"
+        )
+    return float(value)
+
+
 def _num(value: float) -> str:
     return f"{value:.2f}"
 
@@ -65,12 +107,21 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _seed_phrase(counts: Sequence[int]) -> str:
+    low, high = min(counts), max(counts)
+    if low == high:
+        return f"mean ± std over {high} seeds"
+    return f"mean ± std over {low} to {high} seeds per method"
+
+
 def results_table(results: Mapping[str, Any]) -> str:
     """One row per method: summary metrics, final accuracy on each task and wall time.
 
     Columns: average accuracy (%), average forgetting, BWT and average drop (percentage
     points), final accuracy per task (%) and wall time (s), all to 2 decimals. Preceded by a
-    line naming the benchmark and scenario.
+    line naming the benchmark and scenario. For a method run over several seeds the numbers
+    are means over the seeds, and the four summary metrics read "mean ± std" when the results
+    hold their standard deviations; the line above the table then says over how many seeds.
     """
     if not results["methods"]:
         raise DataError("results hold no methods to report")
@@ -85,21 +136,29 @@ def results_table(results: Mapping[str, Any]) -> str:
         "Time (s)",
     ]
     rows = []
+    spread_counts = []  # seed counts of the methods shown with a ± std
     for method, entry in results["methods"].items():
         final = checked_matrix(results, method)[-1]
+        summary = []
+        for key in ("average_accuracy", "forgetting", "bwt", "average_drop"):
+            text = _num(100 * _metric(entry, method, key))
+            std = metric_std(results, method, key)
+            if std is not None:
+                text += f" ± {_num(100 * std)}"
+            summary.append(text)
+        if metric_std(results, method, "average_accuracy") is not None:
+            spread_counts.append(seed_count(results, method))
         rows.append(
             [
                 _cell(str(method)),
-                _num(100 * _metric(entry, method, "average_accuracy")),
-                _num(100 * _metric(entry, method, "forgetting")),
-                _num(100 * _metric(entry, method, "bwt")),
-                _num(100 * _metric(entry, method, "average_drop")),
+                *summary,
                 *(_num(100 * acc) for acc in final),
                 _num(_metric(entry, method, "wall_time_s")),
             ]
         )
+    over = f", {_seed_phrase(spread_counts)}" if spread_counts else ""
     intro = (
-        f"Benchmark `{results['benchmark']}`, scenario `{results['scenario']}`: "
+        f"Benchmark `{results['benchmark']}`, scenario `{results['scenario']}`{over}: "
         f"accuracy in %, forgetting/BWT/drop in percentage points (pp).\n\n"
     )
     return intro + _table(header, rows)

@@ -115,14 +115,14 @@ def _mean_matrix(matrices: Sequence[Sequence[Sequence[float | None]]]) -> list[l
 
 
 def aggregate(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Mean over seeds of every figure, the standard deviation of the summaries, and the runs."""
+    """Mean over seeds of every figure, the sample standard deviation (n − 1) of the summaries, and the runs."""
     summary: dict[str, Any] = {
         "accuracy_matrix": _mean_matrix([run["accuracy_matrix"] for run in runs]),
         "drop": np.mean([run["drop"] for run in runs], axis=0).tolist(),
     }
     summary |= {key: statistics.fmean(run[key] for run in runs) for key in SUMMARY_KEYS}
     summary["std"] = {
-        key: statistics.pstdev([run[key] for run in runs]) if len(runs) > 1 else 0.0
+        key: statistics.stdev([run[key] for run in runs]) if len(runs) > 1 else 0.0
         for key in SUMMARY_KEYS
     }
     summary["runs"] = list(runs)

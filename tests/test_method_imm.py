@@ -1,0 +1,356 @@
+"""IMM: the mean/mode merges, the swap between merged and trained parameters, L2-transfer, MNIST."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from memaware.data.scenarios import Scenario, Task, split_scenario
+from memaware.data.sources import ImageDataset
+from memaware.errors import ConfigError
+from memaware.methods.base import Batch
+from memaware.methods.finetune import Finetune
+from memaware.methods.imm import IMM, load_values, mean_imm, mode_imm
+from memaware.models import MultiHeadClassifier, build_model
+from memaware.training import MethodResult, TrainConfig, run_method
+from memaware.training.loop import include_new_parameters
+
+T = torch.tensor
+
+
+def _task(index: int, head: int, seed: int = 0) -> Task:
+    g = torch.Generator().manual_seed(seed + index)
+    x = torch.randn(16, 3, generator=g)
+    y = torch.randint(0, 2, (16,), generator=g)
+    return Task(index, f"t{index}", head, 2, x, y, x, y)
+
+
+def _tiny() -> MultiHeadClassifier:
+    torch.manual_seed(0)
+    model = MultiHeadClassifier(nn.Sequential(nn.Linear(3, 2), nn.ReLU()), feature_dim=2)
+    model.add_head(0, 2)
+    return model
+
+
+def _values(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    """Hand-set parameter values ("what training left"), distinct per seed."""
+    g = torch.Generator().manual_seed(seed)
+    return {n: torch.randn(p.shape, generator=g) for n, p in model.named_parameters()}
+
+
+def _params(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+class _HandFisher(IMM):
+    """IMM whose Fisher per task is given, not measured."""
+
+    def __init__(self, fishers: list[dict[str, torch.Tensor]], strength: float = 0.0) -> None:
+        super().__init__("mode", strength, eps=0.0)
+        self.given = fishers
+
+    def task_fisher(self, model: MultiHeadClassifier, task: Task) -> Mapping[str, torch.Tensor]:
+        return self.given[task.index]
+
+
+# --- the merge formulas -------------------------------------------------------------------------
+
+# Three models; head 1 was created at the second task, so only models 2 and 3 hold it.
+MODELS = [
+    {"backbone.w": T([1.0, 2.0]), "backbone.b": T([1.0]), "heads.0.w": T([3.0])},
+    {
+        "backbone.w": T([3.0, 6.0]),
+        "backbone.b": T([2.0]),
+        "heads.0.w": T([3.0]),
+        "heads.1.w": T([10.0]),
+    },
+    {
+        "backbone.w": T([5.0, -2.0]),
+        "backbone.b": T([6.0]),
+        "heads.0.w": T([3.0]),
+        "heads.1.w": T([20.0]),
+    },
+]
+FISHERS = [
+    {"backbone.w": T([1.0, 1.0]), "backbone.b": T([0.0]), "heads.0.w": T([2.0])},
+    {
+        "backbone.w": T([2.0, 0.0]),
+        "backbone.b": T([0.0]),
+        "heads.0.w": T([0.5]),
+        "heads.1.w": T([1.0]),
+    },
+    {
+        "backbone.w": T([1.0, 3.0]),
+        "backbone.b": T([0.0]),
+        "heads.0.w": T([0.1]),
+        "heads.1.w": T([3.0]),
+    },
+]
+
+
+def test_mean_imm_is_the_average_over_the_models_holding_each_parameter() -> None:
+    merged = mean_imm(MODELS)
+    torch.testing.assert_close(merged["backbone.w"], T([3.0, 2.0]))  # (1+3+5)/3, (2+6−2)/3
+    torch.testing.assert_close(merged["backbone.b"], T([3.0]))
+    torch.testing.assert_close(merged["heads.0.w"], T([3.0]))  # identical copies stay
+    torch.testing.assert_close(merged["heads.1.w"], T([15.0]))  # (10+20)/2: models 2 and 3 only
+
+
+def test_mode_imm_is_the_fisher_weighted_average() -> None:
+    merged = mode_imm(MODELS, FISHERS)
+    # (1·1 + 2·3 + 1·5)/(1+2+1) = 3;  (1·2 + 0·6 + 3·(−2))/(1+0+3) = −1
+    torch.testing.assert_close(merged["backbone.w"], T([3.0, -1.0]))
+    torch.testing.assert_close(merged["heads.1.w"], T([17.5]))  # (1·10 + 3·20)/(1+3)
+    torch.testing.assert_close(merged["heads.0.w"], T([3.0]))
+    torch.testing.assert_close(merged["backbone.b"], T([3.0]))  # no precision anywhere: the mean
+    # uniform α cancels: scaling every Fisher changes nothing
+    scaled = mode_imm(MODELS, [{n: 7 * f for n, f in fs.items()} for fs in FISHERS])
+    torch.testing.assert_close(scaled["backbone.w"], merged["backbone.w"])
+
+
+def test_merge_errors() -> None:
+    with pytest.raises(ConfigError, match="shapes"):
+        mean_imm([{"w": T([1.0])}, {"w": T([1.0, 2.0])}])
+    with pytest.raises(ConfigError, match="no entry"):
+        mode_imm(MODELS, [FISHERS[0], FISHERS[1], {"backbone.w": T([1.0, 1.0])}])
+    with pytest.raises(ConfigError, match="one Fisher per model"):
+        mode_imm(MODELS, FISHERS[:2])
+    with pytest.raises(ConfigError, match="at least one"):
+        mean_imm([])
+    for bad in ({"merge": "median"}, {"strength": -1.0}, {"eps": -1.0}, {"fisher_batch_size": 0}):
+        with pytest.raises(ConfigError):
+            IMM(**bad)
+
+
+# --- the hooks: merged for evaluation, trained for training -------------------------------------
+
+
+@pytest.mark.parametrize("merge", ["mean", "mode"])
+def test_evaluation_sees_the_merge_and_training_resumes_from_the_trained_parameters(
+    merge: str,
+) -> None:
+    model = _tiny()
+    tasks = [_task(0, 0), _task(1, 1), _task(2, 2)]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    fishers: list[dict[str, torch.Tensor]] = []
+    imm = IMM("mean", strength=0.0) if merge == "mean" else _HandFisher(fishers, strength=0.0)
+    objects = {n: id(p) for n, p in model.named_parameters()}
+
+    imm.before_task(model, tasks[0], tasks[:1])
+    # one real step creates Adam state, then "training" leaves the hand-set values A
+    F.cross_entropy(model(tasks[0].train_x, 0), tasks[0].train_y).backward()  # type: ignore[no-untyped-call]
+    optimizer.step()
+    a = _values(model, 1)
+    load_values(model, a)
+    fishers.append({n: torch.rand(v.shape) + 0.1 for n, v in a.items()})
+    imm.after_task(model, tasks[0], tasks[:1])
+    torch.testing.assert_close(_params(model), a)  # one model: the merge is itself
+
+    model.add_head(1, 2)
+    include_new_parameters(optimizer, model)
+    imm.before_task(model, tasks[1], tasks[:2])
+    for name, value in a.items():
+        assert torch.equal(model.get_parameter(name), value)
+    b = _values(model, 2)
+    load_values(model, b)
+    # task 1's Fisher has no entry for head 0 (not in task 1's output): it counts as 0 (eps=0)
+    fishers.append(
+        {n: torch.rand(v.shape) + 0.1 for n, v in b.items() if not n.startswith("heads.0")}
+    )
+    state = {id(p): {k: v.clone() for k, v in s.items()} for p, s in optimizer.state.items()}
+    imm.after_task(model, tasks[1], tasks[:2])
+
+    merged = _params(model)
+    for name in a:  # backbone and head 0: merged over both models
+        if merge == "mean":
+            expected = (a[name] + b[name]) / 2
+        else:
+            f_b = fishers[1].get(name, torch.zeros_like(b[name]))
+            expected = (fishers[0][name] * a[name] + f_b * b[name]) / (fishers[0][name] + f_b)
+        torch.testing.assert_close(merged[name], expected)
+    if merge == "mode":  # head 0 has no precision in model 2, so it keeps model 1's value
+        torch.testing.assert_close(merged["heads.0.weight"], a["heads.0.weight"])
+    torch.testing.assert_close(merged["heads.1.weight"], b["heads.1.weight"])  # one holder
+    assert not torch.allclose(merged["backbone.0.weight"], b["backbone.0.weight"])
+
+    # the swap keeps the Parameter objects and leaves the optimizer state alone
+    assert all(objects[n] == id(p) for n, p in model.named_parameters() if n in objects)
+    for p, s in optimizer.state.items():
+        for k, v in s.items():
+            assert torch.equal(v, state[id(p)][k])
+
+    model.add_head(2, 2)
+    imm.before_task(model, tasks[2], tasks)
+    for name, value in b.items():
+        assert torch.equal(model.get_parameter(name), value)  # exactly the trained θ_2
+    assert len(imm.trained) == 2
+
+
+def test_without_weight_transfer_each_task_restarts_from_the_initial_parameters() -> None:
+    model = _tiny()
+    initial = _params(model)
+    tasks = [_task(0, 0), _task(1, 1)]
+    imm = IMM("mean", strength=0.0, weight_transfer=False)
+    imm.before_task(model, tasks[0], tasks[:1])
+    a = _values(model, 1)
+    load_values(model, a)
+    imm.after_task(model, tasks[0], tasks[:1])
+    model.add_head(1, 2)
+    imm.before_task(model, tasks[1], tasks)
+    for name, value in initial.items():
+        expected = a[name] if name.startswith("heads.0") else value  # old head: trained value
+        assert torch.equal(model.get_parameter(name), expected)
+
+    # domain-incremental: the shared head is trained again, so it restarts too
+    model = _tiny()
+    initial = _params(model)
+    domain = [_task(0, 0), _task(1, 0)]
+    imm.before_task(model, domain[0], domain[:1])
+    load_values(model, _values(model, 1))
+    imm.after_task(model, domain[0], domain[:1])
+    imm.before_task(model, domain[1], domain)
+    for name, value in initial.items():
+        assert torch.equal(model.get_parameter(name), value)
+
+
+# --- L2-transfer ---------------------------------------------------------------------------------
+
+
+def test_l2_transfer_term_and_its_gradient() -> None:
+    strength = 0.3
+    model = _tiny()
+    tasks = [_task(0, 0), _task(1, 1)]
+    imm = IMM("mean", strength=strength)
+    imm.before_task(model, tasks[0], tasks[:1])
+    batch = Batch(tasks[0].train_x, tasks[0].train_y, 0)
+    assert imm.loss_term(model, batch) is None  # nothing to pull towards on the first task
+    previous = _values(model, 1)
+    load_values(model, previous)
+    imm.after_task(model, tasks[0], tasks[:1])
+    model.add_head(1, 2)
+    imm.before_task(model, tasks[1], tasks)
+
+    moved = {n: v + torch.randn(v.shape) for n, v in previous.items()}
+    load_values(model, moved)
+    term = imm.loss_term(model, batch)
+    assert term is not None
+    backbone = [n for n in previous if n.startswith("backbone.")]
+    expected = strength * sum(((moved[n] - previous[n]) ** 2).sum() for n in backbone)
+    torch.testing.assert_close(term, torch.as_tensor(expected))
+    term.backward()  # type: ignore[no-untyped-call]
+    for name in backbone:
+        grad = model.get_parameter(name).grad
+        assert grad is not None
+        torch.testing.assert_close(grad, 2 * strength * (moved[name] - previous[name]))
+    # old head (not trained by task 1) and new head (no θ_{t−1}) are outside the term
+    assert all(p.grad is None for n, p in model.named_parameters() if n.startswith("heads."))
+
+    # domain-incremental: the shared head is trained and anchored as well
+    model = _tiny()
+    domain = [_task(0, 0), _task(1, 0)]
+    imm.before_task(model, domain[0], domain[:1])
+    imm.after_task(model, domain[0], domain[:1])
+    imm.before_task(model, domain[1], domain)
+    assert imm.penalty is not None and set(imm.penalty.names) == {
+        n for n, _ in model.named_parameters()
+    }
+    assert IMM(strength=0.0).loss_term(model, batch) is None
+
+
+# --- the real Fisher -----------------------------------------------------------------------------
+
+
+def test_measured_fisher_covers_the_model_and_is_reproducible() -> None:
+    tasks = [_task(0, 0), _task(1, 1)]
+    runs = []
+    for _ in range(2):
+        model = _tiny()
+        imm = IMM("mode", eps=1e-8)
+        for i, task in enumerate(tasks):
+            model.add_head(task.head, 2)
+            imm.before_task(model, task, tasks[: i + 1])
+            imm.after_task(model, task, tasks[: i + 1])
+        runs.append(imm.fishers)
+    last = runs[0][1]
+    assert set(last) == {n for n, _ in model.named_parameters()}
+    assert torch.equal(last["heads.0.weight"], torch.full((2, 2), 1e-8))  # not in task 1's output
+    assert float(last["heads.1.weight"].sum()) > 1e-6
+    assert all(bool((f >= 1e-8).all()) for f in last.values())
+    for first, second in zip(runs[0], runs[1], strict=True):
+        for name in first:
+            assert torch.equal(first[name], second[name])
+
+
+# --- real MNIST ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    # Small MLPs gain nothing from intra-op threads, and on a shared 2-core machine the second
+    # thread's spinning multiplies the wall time; restored for the other test files.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _split_mnist(mnist: ImageDataset, setting: str, n_train: int, n_tasks: int) -> Scenario:
+    scenario = split_scenario(mnist, setting)
+    tasks = tuple(
+        dataclasses.replace(
+            t,
+            train_x=t.train_x[:n_train],
+            train_y=t.train_y[:n_train],
+            test_x=t.test_x[:500],
+            test_y=t.test_y[:500],
+        )
+        for t in scenario.tasks[:n_tasks]
+    )
+    return dataclasses.replace(scenario, tasks=tasks)
+
+
+def _model(scenario: Scenario) -> MultiHeadClassifier:
+    return build_model("mlp", scenario.input_shape, hidden=(100, 100))
+
+
+@pytest.fixture(scope="module")
+def five_tasks(mnist: ImageDataset) -> Scenario:
+    return _split_mnist(mnist, "task", n_train=3000, n_tasks=5)
+
+
+@pytest.fixture(scope="module")
+def finetuned(five_tasks: Scenario) -> MethodResult:
+    config = TrainConfig(epochs=3, lr=1e-3, seed=0)
+    return run_method(Finetune(), five_tasks, lambda: _model(five_tasks), config)
+
+
+def test_mode_imm_forgets_less_than_finetune(five_tasks: Scenario, finetuned: MethodResult) -> None:
+    config = TrainConfig(epochs=3, lr=1e-3, seed=0)
+    imm = run_method(IMM("mode"), five_tasks, lambda: _model(five_tasks), config)
+    assert finetuned.accuracy.forgetting() > 0.03
+    assert imm.accuracy.forgetting() < finetuned.accuracy.forgetting() / 3
+    assert imm.accuracy.average_accuracy() > finetuned.accuracy.average_accuracy()
+    assert imm.accuracy.final()[0] > finetuned.accuracy.final()[0]
+
+
+def test_mean_imm_forgets_less_than_finetune(five_tasks: Scenario, finetuned: MethodResult) -> None:
+    # Mean-IMM keeps old tasks but pays on the newest (averaging 5 models dilutes the last one):
+    # its average accuracy is about finetuning's, so only forgetting is compared.
+    config = TrainConfig(epochs=3, lr=1e-3, seed=0)
+    imm = run_method(IMM("mean"), five_tasks, lambda: _model(five_tasks), config)
+    assert imm.accuracy.forgetting() < finetuned.accuracy.forgetting() / 3
+    assert imm.accuracy.final()[0] > finetuned.accuracy.final()[0]
+
+
+@pytest.mark.parametrize("setting", ["domain", "class"])
+def test_domain_and_class_settings_run(mnist: ImageDataset, setting: str) -> None:
+    scenario = _split_mnist(mnist, setting, n_train=300, n_tasks=2)
+    result = run_method(IMM("mode"), scenario, lambda: _model(scenario), TrainConfig(epochs=1))
+    values = result.accuracy.values
+    assert values.shape == (2, 2) and np.isfinite(values[1]).all()
