@@ -8,11 +8,23 @@ from typing import Any
 
 from memaware.errors import ConfigError
 from memaware.methods.base import Batch, Method
+from memaware.methods.ebll import EBLL
+from memaware.methods.ewc import EWC
 from memaware.methods.finetune import Finetune
+from memaware.methods.imm import IMM, MeanIMM, ModeIMM
 from memaware.methods.joint import Joint
+from memaware.methods.l2 import L2
+from memaware.methods.lmas import LocalMAS
+from memaware.methods.lwf import LwF
 from memaware.methods.mas import MAS, MASOptions
+from memaware.methods.online_ewc import OnlineEWC
+from memaware.methods.si import SI
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Finetune, Joint, MAS)}
+#: every method by its name, in the order reports list them: bounds, the paper's method, baselines
+METHODS: dict[str, type[Method]] = {
+    cls.name: cls
+    for cls in (Finetune, Joint, MAS, LocalMAS, EWC, OnlineEWC, SI, L2, LwF, EBLL, MeanIMM, ModeIMM)
+}
 
 
 def accepted_options(cls: type[Method]) -> set[str]:
@@ -21,7 +33,8 @@ def accepted_options(cls: type[Method]) -> set[str]:
     if options is not None and dataclasses.is_dataclass(options):
         return {field.name for field in dataclasses.fields(options)}
     parameters = inspect.signature(cls.__init__).parameters.values()
-    return {p.name for p in parameters if p.name != "self" and p.kind is p.KEYWORD_ONLY}
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name for p in parameters if p.name != "self" and p.kind in named}
 
 
 def make_method(name: str, strength: float | None = None, **options: Any) -> Method:
@@ -49,13 +62,23 @@ def methods_for(setting: str) -> list[str]:
 
 
 __all__ = [
+    "EBLL",
+    "EWC",
+    "IMM",
+    "L2",
     "MAS",
     "METHODS",
+    "SI",
     "Batch",
     "Finetune",
     "Joint",
+    "LocalMAS",
+    "LwF",
     "MASOptions",
+    "MeanIMM",
     "Method",
+    "ModeIMM",
+    "OnlineEWC",
     "accepted_options",
     "make_method",
     "methods_for",

@@ -270,3 +270,38 @@ class IMM(Method):
         if self.merge == "mean":
             return mean_imm(self.trained)
         return mode_imm(self.trained, self.fishers)
+
+
+class MeanIMM(IMM):
+    """mean-IMM: the merged model is the plain average of the task models (``merge="mean"``)."""
+
+    name = "mean-imm"
+
+    def __init__(self, strength: float = 1e-4, *, weight_transfer: bool = True) -> None:
+        super().__init__("mean", strength, weight_transfer=weight_transfer)
+
+
+class ModeIMM(IMM):
+    """mode-IMM: the Fisher-weighted average of the task models (``merge="mode"``)."""
+
+    name = "mode-imm"
+
+    def __init__(
+        self,
+        strength: float = 1e-4,
+        *,
+        weight_transfer: bool = True,
+        eps: float = 1e-8,
+        fisher_batch_size: int = 500,
+        fisher_samples: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            "mode",
+            strength,
+            weight_transfer=weight_transfer,
+            eps=eps,
+            fisher_batch_size=fisher_batch_size,
+            fisher_samples=fisher_samples,
+            seed=seed,
+        )
