@@ -1,0 +1,63 @@
+"""`memaware compare`: methods × seeds on one stream, mean ± std, the registry behind `all`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from memaware.cli.main import main
+from memaware.errors import ConfigError
+from memaware.methods import METHODS, make_method, methods_for
+from memaware.training.experiment import aggregate
+
+
+def test_every_method_is_registered_and_declares_its_scenarios() -> None:
+    expected = {
+        "finetune", "joint", "mas", "l-mas", "ewc", "online-ewc", "si", "l2", "lwf", "ebll",
+        "mean-imm", "mode-imm",
+    }  # fmt: skip
+    assert set(METHODS) == expected
+    for name in expected:
+        assert set(METHODS[name].scenarios) <= {"task", "domain", "class"}
+        assert name in methods_for("task")
+
+
+def test_unknown_option_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match="has no option"):
+        make_method("ewc", gamma=0.5)
+    with pytest.raises(ConfigError, match="unknown method"):
+        make_method("gem")
+
+
+def test_aggregate_mean_and_sample_std() -> None:
+    runs = [
+        {"seed": s, "accuracy_matrix": [[a, None], [a - 0.1, 0.9]], "drop": [-0.1, 0.0],
+         "average_accuracy": a, "forgetting": 0.1, "bwt": -0.1, "average_drop": -0.05, "wall_time_s": 1.0}
+        for s, a in ((0, 0.8), (1, 0.9), (2, 1.0))
+    ]  # fmt: skip
+    summary = aggregate(runs)
+    assert summary["average_accuracy"] == pytest.approx(0.9)
+    assert summary["std"]["average_accuracy"] == pytest.approx(0.1)  # n − 1 in the denominator
+    assert summary["accuracy_matrix"][0] == [pytest.approx(0.9), None]
+    assert len(summary["runs"]) == 3
+
+
+def test_compare_two_methods_two_seeds(tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    args = ["compare", "--methods", "finetune,mas", "--seeds", "2", "--epochs", "1"]
+    code = main([*args, "--hidden", "32", "--out", str(out), "--no-progress"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["seeds"] == [0, 1]
+    for name in ("finetune", "mas"):
+        entry = results["methods"][name]
+        assert [run["seed"] for run in entry["runs"]] == [0, 1]
+        mean = sum(run["average_accuracy"] for run in entry["runs"]) / 2
+        assert entry["average_accuracy"] == pytest.approx(mean)
+        assert entry["std"]["average_accuracy"] >= 0
+    assert results["methods"]["mas"]["forgetting"] < results["methods"]["finetune"]["forgetting"]
+    for name in ("comparison.png", "curves.png", "accuracy.png", "results.md"):
+        assert (out / name).stat().st_size > 0
+    assert "±" in (out / "results.md").read_text()
