@@ -17,11 +17,11 @@ is trained on them, the network frozen, by minimising
 (Adam, ``ae_epochs`` epochs, batches of ``batch_size``, seeded). The second term is the paper's
 classification-preserving term: the frozen head T_a of the task must still classify the
 *reconstructed* features, so the code keeps what the task needs rather than whatever has the
-most variance. The paper weights the reconstruction by a small λ relative to this term; here the
-reconstruction is a mean over the d feature units and β = ``ae_task_weight`` (default 0.1)
-weights the task term, which keeps both terms of the same order on MLP features (set β = 0
-for a pure reconstruction autoencoder). The encoder E_a(f) = σ(W_e f + b_e) is then frozen
-and kept; the decoder is discarded.
+most variance. The paper weights the reconstruction error by a hyper-parameter λ against the
+task term (De Lange et al.'s port uses λ = 10⁻⁶, on AlexNet's raw 9216-d conv features);
+here the reconstruction is a mean over the d feature units and β = ``ae_task_weight`` weights
+the task term instead. Only the encoder E_a(f) = σ(W_e f + b_e) is used afterwards; it is
+frozen.
 
 **While learning task t** the loss on a batch x of the current task's inputs is
 
@@ -30,8 +30,20 @@ and kept; the decoder is discarded.
 
 with f* the teacher's backbone (the model at the end of task t−1), α = ``code_strength`` and the
 squared norm summed over the k code units (the paper writes α/2; there is no ½ here). Only the
-projection of the features onto the old tasks' codes is held in place: the rest of the feature
-space stays free for the new task, unlike LwF's constraint on the old heads' outputs alone.
+projection of the features onto the old tasks' codes is held in place; the rest of the
+feature space stays free for the new task (a plain ‖f − f*‖² would pin all of it).
+
+Defaults, chosen on the Split-MNIST *validation* split (``with_validation``; 400-400 MLP,
+Hsu et al.'s protocol, seed 0), never on the test set:
+
+* ``code_size`` 100 for a 400-d feature (the paper: 100 for AlexNet's features);
+* ``ae_epochs`` 10: the reconstruction error is then 2 % of the features' variance (30 epochs:
+  0.8 %), at a cost comparable to a couple of training epochs per task;
+* ``ae_task_weight`` β = 0.1: as good a reconstruction as β = 0 (2.0 % vs 1.9 %) and the head
+  classifies the reconstructions as well as the features themselves (98.8 % vs 98.5 %);
+  β = 1 doubles the reconstruction error;
+* ``code_strength`` α = 1: validation average accuracy 99.61 % (LwF alone 99.48 %); α = 10
+  is too rigid (99.02 %, the last task only reaches 97.3 %).
 """
 
 from __future__ import annotations
@@ -129,8 +141,8 @@ class EBLL(LwF):
         ae_lr: float = 1e-3,
         ae_task_weight: float = 0.1,
         temperature: float = 2.0,
-        warmup_epochs: int = 1,
-        warmup_lr: float = 1e-3,
+        warmup_epochs: int = 10,
+        warmup_lr: float = 1e-2,
         batch_size: int = 128,
         seed: int = 0,
     ) -> None:
@@ -168,6 +180,11 @@ class EBLL(LwF):
     def encoders(self) -> list[nn.Module]:
         """E_a = σ(W_e · + b_e) of every past task's autoencoder."""
         return [autoencoder.encoder for autoencoder in self.autoencoders]
+
+    def before_task(self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]) -> None:
+        if len(seen) == 1:  # a new stream: forget the codes of an earlier one
+            self.autoencoders = []
+        super().before_task(model, task, seen)
 
     def after_task(self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]) -> None:
         self.autoencoders.append(

@@ -21,10 +21,9 @@ entropy H(p̃), a constant in θ, so they have the same gradient, but the value 
 **T² factor.** ∂L_KD/∂z = (p − p̃)/T, and for small logit differences p − p̃ ≈ (z − z̃)/T, so
 the gradient of the unscaled loss shrinks like 1/T². Multiplying by T² (Hinton et al. 2015)
 keeps λ_o's meaning independent of T. It also makes λ_o = 1 the weighting of van de Ven &
-Tolias's LwF (loss = CE/t + (1 − 1/t)·mean_h T²·L_KD, i.e. CE + T²·Σ_h L_KD up to the
-overall scale t, to which Adam is nearly insensitive), the implementation behind the usual
-Split-MNIST LwF numbers (e.g. Hsu et al. 2018: 99.60 % task-incremental). Li & Hoiem's own
-loss has no T² with λ_o = 1; ``strength = 1/T²`` reproduces it.
+Tolias's public LwF code (KD loss times T², total CE/t + (1 − 1/t)·mean_h T²·L_KD at task t,
+i.e. t⁻¹·(CE + T² Σ_h L_KD), and Adam is nearly blind to the overall factor t⁻¹). Li & Hoiem's
+own loss has no T² with λ_o = 1; ``strength = 1/T²`` reproduces it.
 
 **Warm-up.** Li & Hoiem first train the new head θ_n alone, with θ_s and θ_o frozen, and only
 then train everything jointly: a randomly initialised head otherwise sends large, meaningless
@@ -37,9 +36,17 @@ global random state is not touched (the heads created later initialise exactly a
 warm-up). A head is "new" when no earlier task used it, so warm-up happens only in the
 task-incremental setting, from the second task on (the first task has no trained body to
 rest a head on); the shared head of the domain/class settings is never warmed up alone,
-since that would move the old tasks' outputs. The default, one epoch (≈ 80–95 steps on a
-Split-MNIST task), is enough for a linear head on fixed features to get close to convergence
-while costing a fraction of one training epoch.
+since that would move the old tasks' outputs.
+
+Defaults: 10 epochs at lr 10⁻². A linear head on fixed features is a convex problem, so a
+larger step than the loop's 10⁻³ is safe, and Li & Hoiem train it to convergence: on the
+Split-MNIST validation split (task 2 on the features left by task 1) one epoch at 10⁻³ only
+takes the head's cross-entropy from 0.68 to 0.56 (validation accuracy 71 %), 10 epochs at
+10⁻² to 0.13 (96 %; 100 epochs: 0.07). Each step is a 128 × d × classes product on cached
+features, so this costs far less than one training epoch. On Split-MNIST the warm-up makes no
+measurable difference to the final accuracy (validation average 99.51 % without, 99.56 % with
+these defaults, 99.48 % with one epoch at 10⁻³; one seed, differences within noise);
+``warmup_epochs=0`` switches it off.
 """
 
 from __future__ import annotations
@@ -104,8 +111,8 @@ class LwF(Method):
         strength: float = 1.0,
         *,
         temperature: float = 2.0,
-        warmup_epochs: int = 1,
-        warmup_lr: float = 1e-3,
+        warmup_epochs: int = 10,
+        warmup_lr: float = 1e-2,
         batch_size: int = 128,
         seed: int = 0,
     ) -> None:
