@@ -12,15 +12,6 @@ from torch import nn
 from memaware.importance import mas
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # type: ignore[no-untyped-def]
-    """Small kernels: one intra-op thread is faster, and far faster on a loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def authors_running_mean(model: nn.Module, batches: list[torch.Tensor]) -> dict[str, torch.Tensor]:
     """The authors' update, literally: Ω ← (Ω·b·n_b + |G_b|) / ((b+1)·n_b), Ω starting at 0,
     with G_b = ∂/∂θ Σ_{x∈b} ‖F(x)‖² (eval mode)."""

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import pytest
@@ -11,13 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memaware.data.scenarios import Scenario, Task, split_scenario
+from helpers import small_mlp, small_split_mnist
+from memaware.data.scenarios import Scenario, Task
 from memaware.data.sources import ImageDataset
 from memaware.errors import ConfigError
 from memaware.methods.base import Batch
 from memaware.methods.finetune import Finetune
 from memaware.methods.imm import IMM, load_values, mean_imm, mode_imm
-from memaware.models import MultiHeadClassifier, build_model
+from memaware.models import MultiHeadClassifier
 from memaware.training import MethodResult, TrainConfig, run_method
 from memaware.training.loop import include_new_parameters
 
@@ -290,49 +290,20 @@ def test_measured_fisher_covers_the_model_and_is_reproducible() -> None:
 # --- real MNIST ----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Small MLPs gain nothing from intra-op threads, and on a shared 2-core machine the second
-    # thread's spinning multiplies the wall time; restored for the other test files.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _split_mnist(mnist: ImageDataset, setting: str, n_train: int, n_tasks: int) -> Scenario:
-    scenario = split_scenario(mnist, setting)
-    tasks = tuple(
-        dataclasses.replace(
-            t,
-            train_x=t.train_x[:n_train],
-            train_y=t.train_y[:n_train],
-            test_x=t.test_x[:500],
-            test_y=t.test_y[:500],
-        )
-        for t in scenario.tasks[:n_tasks]
-    )
-    return dataclasses.replace(scenario, tasks=tasks)
-
-
-def _model(scenario: Scenario) -> MultiHeadClassifier:
-    return build_model("mlp", scenario.input_shape, hidden=(100, 100))
-
-
 @pytest.fixture(scope="module")
 def five_tasks(mnist: ImageDataset) -> Scenario:
-    return _split_mnist(mnist, "task", n_train=3000, n_tasks=5)
+    return small_split_mnist(mnist, "task", n_train=3000, n_tasks=5)
 
 
 @pytest.fixture(scope="module")
 def finetuned(five_tasks: Scenario) -> MethodResult:
     config = TrainConfig(epochs=3, lr=1e-3, seed=0)
-    return run_method(Finetune(), five_tasks, lambda: _model(five_tasks), config)
+    return run_method(Finetune(), five_tasks, lambda: small_mlp(five_tasks), config)
 
 
 def test_mode_imm_forgets_less_than_finetune(five_tasks: Scenario, finetuned: MethodResult) -> None:
     config = TrainConfig(epochs=3, lr=1e-3, seed=0)
-    imm = run_method(IMM("mode"), five_tasks, lambda: _model(five_tasks), config)
+    imm = run_method(IMM("mode"), five_tasks, lambda: small_mlp(five_tasks), config)
     assert finetuned.accuracy.forgetting() > 0.03
     assert imm.accuracy.forgetting() < finetuned.accuracy.forgetting() / 3
     assert imm.accuracy.average_accuracy() > finetuned.accuracy.average_accuracy()
@@ -343,14 +314,14 @@ def test_mean_imm_forgets_less_than_finetune(five_tasks: Scenario, finetuned: Me
     # Mean-IMM keeps old tasks but pays on the newest (averaging 5 models dilutes the last one):
     # its average accuracy is about finetuning's, so only forgetting is compared.
     config = TrainConfig(epochs=3, lr=1e-3, seed=0)
-    imm = run_method(IMM("mean"), five_tasks, lambda: _model(five_tasks), config)
+    imm = run_method(IMM("mean"), five_tasks, lambda: small_mlp(five_tasks), config)
     assert imm.accuracy.forgetting() < finetuned.accuracy.forgetting() / 3
     assert imm.accuracy.final()[0] > finetuned.accuracy.final()[0]
 
 
 @pytest.mark.parametrize("setting", ["domain", "class"])
 def test_domain_and_class_settings_run(mnist: ImageDataset, setting: str) -> None:
-    scenario = _split_mnist(mnist, setting, n_train=300, n_tasks=2)
-    result = run_method(IMM("mode"), scenario, lambda: _model(scenario), TrainConfig(epochs=1))
+    scenario = small_split_mnist(mnist, setting, n_train=300, n_tasks=2)
+    result = run_method(IMM("mode"), scenario, lambda: small_mlp(scenario), TrainConfig(epochs=1))
     values = result.accuracy.values
     assert values.shape == (2, 2) and np.isfinite(values[1]).all()

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from memaware.data.scenarios import Scenario, Task, split_scenario
+from helpers import small_mlp, small_split_mnist
+from memaware.data.scenarios import Task
 from memaware.data.sources import ImageDataset
 from memaware.errors import ConfigError
 from memaware.methods.base import Batch
@@ -20,15 +18,6 @@ from memaware.training import TrainConfig, run_method
 
 STRENGTH = 0.7
 LR = 0.2
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Small kernels: one intra-op thread is faster, and far faster on a loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _task(index: int, n: int = 24, seed: int = 0) -> Task:
@@ -209,30 +198,11 @@ def test_options_and_misuse() -> None:
         SI().after_step(_tiny_model())
 
 
-def _small(mnist: ImageDataset, setting: str, n_train: int, n_tasks: int) -> Scenario:
-    scenario = split_scenario(mnist, setting)
-    tasks = tuple(
-        dataclasses.replace(
-            t,
-            train_x=t.train_x[:n_train],
-            train_y=t.train_y[:n_train],
-            test_x=t.test_x[:500],
-            test_y=t.test_y[:500],
-        )
-        for t in scenario.tasks[:n_tasks]
-    )
-    return dataclasses.replace(scenario, tasks=tasks)
-
-
-def _model(scenario: Scenario) -> MultiHeadClassifier:
-    return build_model("mlp", scenario.input_shape, hidden=(100, 100))
-
-
 def test_si_forgets_less_than_finetune(mnist: ImageDataset) -> None:
-    scenario = _small(mnist, "task", n_train=3000, n_tasks=5)
+    scenario = small_split_mnist(mnist, "task", n_train=3000, n_tasks=5)
     config = TrainConfig(epochs=3, lr=1e-3, seed=0)
-    finetune = run_method(Finetune(), scenario, lambda: _model(scenario), config)
-    si = run_method(SI(strength=100.0), scenario, lambda: _model(scenario), config)
+    finetune = run_method(Finetune(), scenario, lambda: small_mlp(scenario), config)
+    si = run_method(SI(strength=100.0), scenario, lambda: small_mlp(scenario), config)
     assert finetune.accuracy.forgetting() > 0.03
     assert si.accuracy.forgetting() < finetune.accuracy.forgetting() / 3
     assert si.accuracy.average_accuracy() > finetune.accuracy.average_accuracy()
@@ -240,11 +210,11 @@ def test_si_forgets_less_than_finetune(mnist: ImageDataset) -> None:
 
 @pytest.mark.parametrize("setting", ["domain", "class"])
 def test_single_head_settings_run(mnist: ImageDataset, setting: str) -> None:
-    scenario = _small(mnist, setting, n_train=300, n_tasks=2)
+    scenario = small_split_mnist(mnist, setting, n_train=300, n_tasks=2)
     method = SI(strength=1.0)
-    result = run_method(method, scenario, lambda: _model(scenario), TrainConfig(epochs=1))
+    result = run_method(method, scenario, lambda: small_mlp(scenario), TrainConfig(epochs=1))
     assert result.accuracy.values.shape == (2, 2)
-    model = _model(scenario)
+    model = small_mlp(scenario)
     model.add_head(0, scenario.tasks[0].n_classes)
     assert method.omega is not None and set(method.omega) == {
         n for n, _ in model.named_parameters()

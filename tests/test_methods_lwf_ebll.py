@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from memaware.data.scenarios import Scenario, Task, split_scenario
+from helpers import small_mlp, small_split_mnist
+from memaware.data.scenarios import Scenario, Task
 from memaware.data.sources import ImageDataset
 from memaware.errors import ConfigError
 from memaware.methods.base import Batch
@@ -21,15 +21,6 @@ from memaware.training import TrainConfig, run_method
 from memaware.training.loop import MethodResult
 
 IN = 6
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """These models are tiny: on a shared, loaded CPU extra intra-op threads only spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _task(index: int, head: int, n_classes: int = 3, n: int = 96) -> Task:
@@ -294,29 +285,10 @@ def test_ebll_trains_one_autoencoder_per_task() -> None:
 # --- real MNIST ------------------------------------------------------------------------------
 
 
-def _small(mnist: ImageDataset, setting: str, n_train: int, n_tasks: int) -> Scenario:
-    scenario = split_scenario(mnist, setting)
-    tasks = tuple(
-        dataclasses.replace(
-            t,
-            train_x=t.train_x[:n_train],
-            train_y=t.train_y[:n_train],
-            test_x=t.test_x[:500],
-            test_y=t.test_y[:500],
-        )
-        for t in scenario.tasks[:n_tasks]
-    )
-    return dataclasses.replace(scenario, tasks=tasks)
-
-
-def _mlp(scenario: Scenario) -> MultiHeadClassifier:
-    return build_model("mlp", scenario.input_shape, hidden=(100, 100))
-
-
 @pytest.fixture(scope="module")
 def split5(mnist: ImageDataset) -> Scenario:
     # Five real Split-MNIST tasks, 3000 training images each: enough for finetuning to forget.
-    return _small(mnist, "task", n_train=3000, n_tasks=5)
+    return small_split_mnist(mnist, "task", n_train=3000, n_tasks=5)
 
 
 CONFIG = TrainConfig(epochs=3, lr=1e-3, seed=0)
@@ -324,7 +296,7 @@ CONFIG = TrainConfig(epochs=3, lr=1e-3, seed=0)
 
 @pytest.fixture(scope="module")
 def finetune(split5: Scenario) -> MethodResult:
-    return run_method(Finetune(), split5, lambda: _mlp(split5), CONFIG)
+    return run_method(Finetune(), split5, lambda: small_mlp(split5), CONFIG)
 
 
 @pytest.mark.parametrize(
@@ -335,7 +307,7 @@ def finetune(split5: Scenario) -> MethodResult:
 def test_forgets_less_than_finetune(
     make: Callable[[], LwF], split5: Scenario, finetune: MethodResult
 ) -> None:
-    result = run_method(make(), split5, lambda: _mlp(split5), CONFIG)
+    result = run_method(make(), split5, lambda: small_mlp(split5), CONFIG)
     assert finetune.accuracy.forgetting() > 0.03
     assert result.accuracy.forgetting() < finetune.accuracy.forgetting() / 3
     assert result.accuracy.average_accuracy() > finetune.accuracy.average_accuracy()
@@ -343,8 +315,8 @@ def test_forgets_less_than_finetune(
 
 @pytest.mark.parametrize("setting", ["domain", "class"])
 def test_shared_head_settings_run(mnist: ImageDataset, setting: str) -> None:
-    scenario = _small(mnist, setting, n_train=300, n_tasks=2)
+    scenario = small_split_mnist(mnist, setting, n_train=300, n_tasks=2)
     method = EBLL(code_size=10, ae_epochs=1)
-    result = run_method(method, scenario, lambda: _mlp(scenario), TrainConfig(epochs=1))
+    result = run_method(method, scenario, lambda: small_mlp(scenario), TrainConfig(epochs=1))
     assert result.accuracy.values.shape == (2, 2)
     assert method.old_heads == [0] and len(method.autoencoders) == 2

@@ -3,13 +3,13 @@ formulas, computed independently; and less forgetting than finetuning on real Sp
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
 
-from memaware.data.scenarios import Scenario, Task, split_scenario
+from helpers import small_split_mnist
+from memaware.data.scenarios import Scenario, Task
 from memaware.data.sources import ImageDataset
 from memaware.errors import ConfigError
 from memaware.importance import batches, fisher, local_mas
@@ -26,35 +26,9 @@ from memaware.training import MethodResult, TrainConfig, run_method
 Tensors = dict[str, torch.Tensor]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Small kernels: one intra-op thread is faster, and far faster on a loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _small(
-    mnist: ImageDataset, setting: str = "task", n_train: int = 300, n_tasks: int = 3
-) -> Scenario:
-    scenario = split_scenario(mnist, setting)
-    tasks = tuple(
-        dataclasses.replace(
-            t,
-            train_x=t.train_x[:n_train],
-            train_y=t.train_y[:n_train],
-            test_x=t.test_x[:500],
-            test_y=t.test_y[:500],
-        )
-        for t in scenario.tasks[:n_tasks]
-    )
-    return dataclasses.replace(scenario, tasks=tasks)
-
-
 @pytest.fixture(scope="module")
 def tasks(mnist: ImageDataset) -> tuple[Task, ...]:
-    return _small(mnist).tasks
+    return small_split_mnist(mnist, n_train=300).tasks
 
 
 def _model(hidden: tuple[int, ...] = (32,)) -> MultiHeadClassifier:
@@ -349,7 +323,7 @@ def test_invalid_options_are_refused() -> None:
 
 @pytest.mark.parametrize("setting", ["domain", "class"])
 def test_single_head_settings_run(mnist: ImageDataset, setting: str) -> None:
-    scenario = _small(mnist, setting, n_train=200, n_tasks=2)
+    scenario = small_split_mnist(mnist, setting, n_train=200, n_tasks=2)
     for make in METHODS.values():
         result = run_method(
             make(),
@@ -363,7 +337,7 @@ def test_single_head_settings_run(mnist: ImageDataset, setting: str) -> None:
 # Five real Split-MNIST tasks, 3000 training images each: enough for finetuning to forget.
 @pytest.fixture(scope="module")
 def split_mnist(mnist: ImageDataset) -> Scenario:
-    return _small(mnist, n_train=3000, n_tasks=5)
+    return small_split_mnist(mnist, n_train=3000, n_tasks=5)
 
 
 CONFIG = TrainConfig(epochs=3, lr=1e-3, seed=0)

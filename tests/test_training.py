@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
 
-from memaware.data.scenarios import Scenario, Task, split_scenario
+from helpers import small_mlp, small_split_mnist
+from memaware.data.scenarios import Task
 from memaware.data.sources import ImageDataset
 from memaware.errors import ConfigError
 from memaware.methods import make_method
@@ -17,33 +16,14 @@ from memaware.training import TrainConfig, run_method
 from memaware.training.loop import check_model_fits
 
 
-def _small(
-    mnist: ImageDataset, setting: str = "task", n_train: int = 1000, n_tasks: int = 3
-) -> Scenario:
-    scenario = split_scenario(mnist, setting)
-    tasks = tuple(
-        dataclasses.replace(
-            t,
-            train_x=t.train_x[:n_train],
-            train_y=t.train_y[:n_train],
-            test_x=t.test_x[:500],
-            test_y=t.test_y[:500],
-        )
-        for t in scenario.tasks[:n_tasks]
-    )
-    return dataclasses.replace(scenario, tasks=tasks)
-
-
-def _model(scenario: Scenario) -> MultiHeadClassifier:
-    return build_model("mlp", scenario.input_shape, hidden=(100, 100))
-
-
 def test_mas_forgets_less_than_finetune(mnist: ImageDataset) -> None:
     # Five real Split-MNIST tasks, 3000 training images each: enough for finetuning to forget.
-    scenario = _small(mnist, n_train=3000, n_tasks=5)
+    scenario = small_split_mnist(mnist, n_train=3000, n_tasks=5)
     config = TrainConfig(epochs=3, lr=1e-3, seed=0)
-    finetune = run_method(make_method("finetune"), scenario, lambda: _model(scenario), config)
-    mas = run_method(make_method("mas", strength=1.0), scenario, lambda: _model(scenario), config)
+    finetune = run_method(make_method("finetune"), scenario, lambda: small_mlp(scenario), config)
+    mas = run_method(
+        make_method("mas", strength=1.0), scenario, lambda: small_mlp(scenario), config
+    )
     assert finetune.accuracy.forgetting() > 0.03
     assert mas.accuracy.forgetting() < finetune.accuracy.forgetting() / 3
     assert mas.accuracy.average_accuracy() > finetune.accuracy.average_accuracy()
@@ -52,27 +32,31 @@ def test_mas_forgets_less_than_finetune(mnist: ImageDataset) -> None:
 
 
 def test_same_seed_same_numbers(mnist: ImageDataset) -> None:
-    scenario = _small(mnist, n_train=300, n_tasks=2)
+    scenario = small_split_mnist(mnist, n_train=300, n_tasks=2)
     config = TrainConfig(epochs=1, seed=3)
     runs = [
-        run_method(make_method("mas"), scenario, lambda: _model(scenario), config) for _ in range(2)
+        run_method(make_method("mas"), scenario, lambda: small_mlp(scenario), config)
+        for _ in range(2)
     ]
     np.testing.assert_array_equal(runs[0].accuracy.values, runs[1].accuracy.values)
 
 
 def test_joint_trains_on_all_seen_tasks(mnist: ImageDataset) -> None:
-    scenario = _small(mnist, n_train=500)
+    scenario = small_split_mnist(mnist, n_train=500)
     config = TrainConfig(epochs=2, seed=0)
-    joint = run_method(make_method("joint"), scenario, lambda: _model(scenario), config)
+    joint = run_method(make_method("joint"), scenario, lambda: small_mlp(scenario), config)
     assert joint.accuracy.average_accuracy() > 0.95
     assert joint.accuracy.forgetting() < 0.02
 
 
 def test_domain_and_class_settings_run(mnist: ImageDataset) -> None:
     for setting in ("domain", "class"):
-        scenario = _small(mnist, setting, n_train=300, n_tasks=2)
+        scenario = small_split_mnist(mnist, setting, n_train=300, n_tasks=2)
         result = run_method(
-            make_method("finetune"), scenario, lambda s=scenario: _model(s), TrainConfig(epochs=1)
+            make_method("finetune"),
+            scenario,
+            lambda s=scenario: small_mlp(s),
+            TrainConfig(epochs=1),
         )
         assert result.accuracy.values.shape == (2, 2)
 
@@ -83,7 +67,7 @@ class _WrongOutput(torch.nn.Module):
 
 
 def test_model_that_does_not_fit_the_data(mnist: ImageDataset) -> None:
-    task: Task = _small(mnist, n_tasks=1).tasks[0]
+    task: Task = small_split_mnist(mnist, n_tasks=1).tasks[0]
     wrong_width = MultiHeadClassifier(_WrongOutput(), feature_dim=7)
     wrong_width.add_head(0, 3)
     with pytest.raises(ConfigError, match="has 2 classes"):
@@ -95,12 +79,12 @@ def test_model_that_does_not_fit_the_data(mnist: ImageDataset) -> None:
 
 
 def test_another_seed_gives_other_numbers(mnist: ImageDataset) -> None:
-    scenario = _small(mnist, n_train=300, n_tasks=2)
+    scenario = small_split_mnist(mnist, n_train=300, n_tasks=2)
     a, b = (
         run_method(
             make_method("finetune"),
             scenario,
-            lambda: _model(scenario),
+            lambda: small_mlp(scenario),
             TrainConfig(epochs=1, seed=s),
         )
         for s in (3, 4)

@@ -1,0 +1,37 @@
+"""Small real-data scenarios and models shared by the integration tests."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from memaware.data.scenarios import Scenario, split_scenario
+from memaware.data.sources import ImageDataset
+from memaware.models import MultiHeadClassifier, build_model
+
+
+def small_split_mnist(
+    mnist: ImageDataset,
+    setting: str = "task",
+    n_train: int = 1000,
+    n_tasks: int = 3,
+    n_test: int = 500,
+) -> Scenario:
+    """The first ``n_tasks`` Split-MNIST tasks, cut to ``n_train`` training and ``n_test`` test images each."""
+    scenario = split_scenario(mnist, setting)
+    tasks = tuple(
+        dataclasses.replace(
+            t,
+            train_x=t.train_x[:n_train],
+            train_y=t.train_y[:n_train],
+            test_x=t.test_x[:n_test],
+            test_y=t.test_y[:n_test],
+        )
+        for t in scenario.tasks[:n_tasks]
+    )
+    return dataclasses.replace(scenario, tasks=tasks)
+
+
+def small_mlp(scenario: Scenario, hidden: Sequence[int] = (100, 100)) -> MultiHeadClassifier:
+    """A headless MLP classifier for the scenario's inputs."""
+    return build_model("mlp", scenario.input_shape, hidden=hidden)
