@@ -1,0 +1,1 @@
+"""Side-by-side speed benchmarks (``memaware bench ...`` and the scripts under ``benchmarks/``)."""

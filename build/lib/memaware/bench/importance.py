@@ -1,0 +1,189 @@
+"""Benchmark of the importance engine: exact per-sample MAS against the batched estimate and references.
+
+Every ratio is measured side by side in one process (medians of repeats); ``--json`` prints one
+object with both sides of each ratio. Run: ``memaware bench importance [--json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from memaware.bench.timing import (
+    current_rss_bytes,
+    median_time,
+    paired,
+    peak_memory_bytes,
+    peak_rss_bytes,
+    reset_peak_rss,
+)
+from memaware.importance import batches, mas
+from memaware.models import MLP, SmallCNN
+from memaware.penalties import QuadraticPenalty
+
+MLP_SAMPLES, CNN_SAMPLES, BATCH = 2048, 1024, 256
+STEPS = 20  # training steps per timed run of the penalty benchmark
+
+
+def mlp_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(MLP(784, (400, 400)), nn.Linear(400, 10))
+
+
+def cnn_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(SmallCNN(3, 32, width=32, features=256), nn.Linear(256, 10))
+
+
+def mlp_inputs() -> torch.Tensor:
+    """2048 real MNIST training images, flattened to [0, 1] rows."""
+    from memaware.data.sources import load_mnist
+
+    return load_mnist().train_x[:MLP_SAMPLES].reshape(MLP_SAMPLES, -1).float() / 255.0
+
+
+def cnn_inputs() -> torch.Tensor:
+    """Seeded 3×32×32 inputs (no colour-image set ships offline; timing does not depend on content)."""
+    return torch.rand(CNN_SAMPLES, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def loop_importance(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Reference: one backward per sample, Σ_k |∂‖F(x_k)‖²/∂θ|, averaged."""
+    model.eval()
+    params = dict(model.named_parameters())
+    total = {n: torch.zeros_like(p) for n, p in params.items()}
+    for k in range(len(x)):
+        grads = torch.autograd.grad(model(x[k : k + 1]).square().sum(), list(params.values()))
+        for n, g in zip(params, grads, strict=True):
+            total[n] += g.abs()
+    return {n: t / len(x) for n, t in total.items()}
+
+
+def vmap_importance(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Reference: whole-model per-sample gradients with torch.func (vmap of grad), in batches."""
+    model.eval()
+    params = {n: p.detach() for n, p in model.named_parameters()}
+
+    def sample_objective(p: dict[str, torch.Tensor], xk: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = functional_call(model, p, (xk.unsqueeze(0),))
+        return out.square().sum()
+
+    per_sample = vmap(grad(sample_objective), in_dims=(None, 0))
+    total = {n: torch.zeros_like(p) for n, p in params.items()}
+    for chunk in batches(x, BATCH):
+        for n, g in per_sample(params, chunk).items():
+            total[n] += g.abs().sum(0)
+    return {n: t / len(x) for n, t in total.items()}
+
+
+def max_relative_error(exact: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> float:
+    """max over parameters of max|exact − reference| / max|reference|."""
+    return max(
+        float((exact[n] - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+        for n, ref in reference.items()
+    )
+
+
+def penalty_overhead(model: nn.Module, x: torch.Tensor, repeats: int) -> tuple[float, float, float]:
+    """Seconds per Adam step (batch 128) without and with the MAS penalty, and their ratio.
+
+    Runs of 20 steps alternate between the two sides (see :func:`paired`).
+    """
+    omega = mas(model, batches(x, BATCH))
+    penalty = QuadraticPenalty(model, omega, 1.0)
+    y = torch.randint(0, 10, (len(x),), generator=torch.Generator().manual_seed(0))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+
+    def steps(with_penalty: bool) -> Callable[[], None]:
+        def run() -> None:
+            for i in range(STEPS):
+                index = slice((i * 128) % len(x), (i * 128) % len(x) + 128)
+                loss = F.cross_entropy(model(x[index]), y[index])
+                if with_penalty:
+                    loss = loss + penalty()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()  # type: ignore[no-untyped-call]
+                optimizer.step()
+
+        return run
+
+    penalised, plain, ratio = paired(steps(True), steps(False), 4 * repeats)
+    return plain / STEPS, penalised / STEPS, ratio
+
+
+def run(repeats: int = 5, memory: bool = True) -> dict[str, Any]:
+    """All figures of the benchmark as one dict (seconds, bytes and ratios)."""
+    out: dict[str, Any] = {"repeats": repeats, "threads": torch.get_num_threads()}
+    mlp, x_mlp = mlp_model(), mlp_inputs()
+    cnn, x_cnn = cnn_model(), cnn_inputs()
+    for label, model, x in (("mlp", mlp, x_mlp), ("cnn", cnn, x_cnn)):
+        exact_t, batch_t, ratio = paired(
+            partial(mas, model, batches(x, BATCH)),
+            partial(mas, model, batches(x, BATCH), granularity="batch"),
+            3 * repeats,
+        )
+        out[f"exact_s_{label}"], out[f"batch_s_{label}"] = exact_t, batch_t
+        out[f"exact_over_batch_{label}"] = ratio
+    loop_t = median_time(lambda: loop_importance(mlp, x_mlp), repeats=1, warmup=0)
+    vmap_t = median_time(lambda: vmap_importance(mlp, x_mlp), repeats=max(1, repeats // 2))
+    out["loop_s_mlp"], out["vmap_s_mlp"] = loop_t, vmap_t
+    out["loop_over_exact_mlp"] = loop_t / out["exact_s_mlp"]
+    out["vmap_over_exact_mlp"] = vmap_t / out["exact_s_mlp"]
+    errors = []
+    for model, x in ((mlp, x_mlp[:256]), (cnn, x_cnn[:64])):
+        exact = mas(model, batches(x, 64))
+        errors.append(max_relative_error(dict(exact), loop_importance(model.double(), x.double())))
+        model.float()
+    out["max_rel_err"] = max(errors)
+    plain, penalised, ratio = penalty_overhead(mlp, x_mlp, repeats)
+    out["step_s_plain"], out["step_s_penalty"] = plain, penalised
+    out["penalty_step_overhead"] = ratio
+    if memory:
+        exact_mem = peak_memory_bytes("memaware.bench.importance", "exact")
+        batch_mem = peak_memory_bytes("memaware.bench.importance", "batch")
+        out["peak_mem_exact_cnn"], out["peak_mem_batch_cnn"] = exact_mem, batch_mem
+        out["peak_mem_exact_over_batch_cnn"] = exact_mem / batch_mem
+    return out
+
+
+def _peak_memory_child(variant: str) -> None:
+    model, x = cnn_model(), cnn_inputs()
+    reset_peak_rss()
+    before = current_rss_bytes()
+    mas(model, batches(x, BATCH), granularity="sample" if variant == "exact" else "batch")
+    print(json.dumps({"before": before, "peak": peak_rss_bytes()}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="memaware bench importance", description=__doc__)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--repeats", type=int, default=5, help="repeats per timing (median)")
+    parser.add_argument(
+        "--no-memory", action="store_true", help="skip the peak-memory subprocesses"
+    )
+    parser.add_argument("--peak-memory", choices=("exact", "batch"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.peak_memory:
+        _peak_memory_child(args.peak_memory)
+        return 0
+    result = run(args.repeats, memory=not args.no_memory)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for key, value in result.items():
+            print(f"{key:32s} {value:.4g}" if isinstance(value, float) else f"{key:32s} {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""The ``memaware`` command.
+
+* ``memaware run``: the default job (Split-MNIST, task-incremental, finetune vs MAS, Hsu et al.'s
+  protocol, seed 0) or any benchmark/scenario/methods, one seed;
+* ``memaware compare``: several methods (``all`` = every one that supports the scenario) over
+  several seeds, with mean ± std and the paper's Figure 3 style bar chart;
+* ``memaware sweep``: tune a method's strength on a validation split and store it as a preset;
+* ``memaware bench importance``: speed of the importance engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from memaware.configs import PRESET_DIR
+from memaware.data.benchmarks import BENCHMARKS
+from memaware.data.scenarios import SETTINGS
+from memaware.errors import MemawareError
+from memaware.methods import METHODS
+from memaware.reports import results_table, write_report
+from memaware.training.experiment import ExperimentSpec, default_out_dir, run_experiment
+from memaware.training.loop import TrainConfig
+from memaware.training.sweep import sweep_strength, write_sweep
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+
+
+def _name_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _add_experiment_options(parser: argparse.ArgumentParser, methods: list[str]) -> None:
+    add = parser.add_argument
+    add("--benchmark", default="split-mnist", help=f"one of {', '.join(BENCHMARKS)}")
+    add("--scenario", default="task", help=f"one of {', '.join(SETTINGS)} (default task)")
+    add(
+        "--methods",
+        type=_name_list,
+        default=methods,
+        help=f"comma list of {', '.join(METHODS)}, or all",
+    )
+    add("--epochs", type=int, default=4, help="epochs per task (default 4)")
+    add("--batch-size", type=int, default=128, help="training batch size (default 128)")
+    add("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    add(
+        "--lambda",
+        dest="strength",
+        type=float,
+        default=None,
+        help="strength of every regulariser (default: each method's tuned preset, else its default)",
+    )
+    add(
+        "--granularity",
+        default="sample",
+        help="MAS importance: sample (exact) or batch (authors' code)",
+    )
+    add("--hidden", type=_int_list, default=[400, 400], help="MLP hidden sizes (default 400,400)")
+    add("--n-tasks", type=int, default=10, help="number of tasks of permuted-mnist (default 10)")
+    add(
+        "--data-dir",
+        default=None,
+        help="folder with the dataset's IDX files (else the installed package)",
+    )
+    add("--download", action="store_true", help="download the dataset if it is not installed")
+    add(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default runs/<command>-<benchmark>-...)",
+    )
+    add("--no-progress", action="store_true", help="hide progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="memaware", description="Memory Aware Synapses and continual-learning baselines."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser(
+        "run", help="run methods on a benchmark (one seed) and write a report"
+    )
+    _add_experiment_options(run, ["finetune", "mas"])
+    run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+    compare = commands.add_parser("compare", help="compare methods over several seeds")
+    _add_experiment_options(compare, ["all"])
+    compare.add_argument("--seeds", type=int, default=3, help="run seeds 0..N-1 (default 3)")
+
+    sweep = commands.add_parser(
+        "sweep", help="tune a method's λ on a validation split, save a preset"
+    )
+    sweep.add_argument("--benchmark", default="split-mnist")
+    sweep.add_argument("--scenario", default="task")
+    sweep.add_argument("--method", default="mas")
+    sweep.add_argument(
+        "--values", type=_float_list, default=[0.01, 0.1, 1.0, 10.0], help="λ values"
+    )
+    sweep.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per value (default 3)")
+    sweep.add_argument(
+        "--validation", type=float, default=0.1, help="held-out share of training data"
+    )
+    sweep.add_argument("--epochs", type=int, default=4)
+    sweep.add_argument("--data-dir", default=None)
+    sweep.add_argument("--preset-dir", type=Path, default=None, help="where to write the preset")
+    sweep.add_argument("--no-progress", action="store_true")
+
+    bench = commands.add_parser("bench", help="speed benchmarks, measured side by side")
+    bench.add_argument("target", choices=("importance",), help="what to benchmark")
+    bench.add_argument(
+        "rest", nargs=argparse.REMAINDER, help="options of the benchmark (see its --help)"
+    )
+    return parser
+
+
+def _experiment(args: argparse.Namespace, seeds: Sequence[int], command: str) -> int:
+    spec = ExperimentSpec(
+        benchmark=args.benchmark,
+        scenario=args.scenario,
+        methods=tuple(args.methods),
+        seeds=tuple(seeds),
+        train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr),
+        strength=args.strength,
+        method_options={"mas": {"granularity": args.granularity}},
+        hidden=tuple(args.hidden),
+        n_tasks=args.n_tasks,
+        data_dir=args.data_dir,
+        download=args.download,
+    )
+    spec.check()
+    out = args.out or default_out_dir(spec, command)
+    results = run_experiment(spec, show_progress=not args.no_progress and sys.stderr.isatty())
+    paths = write_report(results, out)
+    print(results_table(results))
+    print(f"\nreport written to {out}/: " + ", ".join(p.name for p in paths.values()))
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    entry = sweep_strength(
+        args.benchmark,
+        args.scenario,
+        args.method,
+        args.values,
+        list(range(args.seeds)),
+        train=TrainConfig(epochs=args.epochs),
+        validation_fraction=args.validation,
+        data_dir=args.data_dir,
+        show_progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    path = write_sweep(
+        args.benchmark, args.scenario, args.method, entry, args.preset_dir or PRESET_DIR
+    )
+    for value, accs in entry["provenance"]["validation_average_accuracy"].items():
+        print(f"λ={value:>8}  validation accuracy " + " ".join(f"{a:.4f}" for a in accs))
+    print(f"best λ={entry['strength']:g}; preset written to {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; bad input ends with one line on stderr and exit status 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _experiment(args, [args.seed], "run")
+        if args.command == "compare":
+            if args.seeds < 1:
+                raise MemawareError(f"--seeds must be at least 1, got {args.seeds}")
+            return _experiment(args, range(args.seeds), "compare")
+        if args.command == "sweep":
+            return _sweep(args)
+        if args.command == "bench":
+            from memaware.bench.importance import main as bench_importance
+
+            return bench_importance(args.rest)
+    except MemawareError as exc:
+        print(f"memaware: error: {exc}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

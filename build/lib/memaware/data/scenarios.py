@@ -1,0 +1,165 @@
+"""Continual-learning scenarios: a dataset cut into a stream of tasks, in one of three settings.
+
+* ``task``: task-incremental, one head per task, the task id is known at test time;
+* ``domain``: domain-incremental, one shared head with the task's local labels (e.g. 2-way);
+* ``class``: class-incremental, one shared head over every class seen in the stream.
+
+Inputs are float32 in [0, 1], kept as whole tensors so that training slices batches without
+per-sample Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import torch
+
+from memaware.data.sources import ImageDataset, stratified_split
+from memaware.errors import ConfigError
+
+Setting = Literal["task", "domain", "class"]
+SETTINGS: tuple[Setting, ...] = ("task", "domain", "class")
+SPLIT_CLASS_ORDER: tuple[tuple[int, ...], ...] = ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9))
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task of a stream: its data, the head it is answered by and that head's label space."""
+
+    index: int
+    name: str
+    head: int
+    n_classes: int
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A named stream of tasks in one setting."""
+
+    name: str
+    setting: Setting
+    tasks: tuple[Task, ...]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.tasks[0].train_x.shape[1:])
+
+    @property
+    def task_names(self) -> list[str]:
+        return [task.name for task in self.tasks]
+
+
+def _check_setting(setting: str) -> Setting:
+    if setting not in SETTINGS:
+        raise ConfigError(f"unknown scenario {setting!r}; choose one of {', '.join(SETTINGS)}")
+    return setting
+
+
+def _pixels(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.float32).div_(255.0)
+
+
+def split_scenario(
+    dataset: ImageDataset,
+    setting: str,
+    class_order: Sequence[Sequence[int]] = SPLIT_CLASS_ORDER,
+    name: str | None = None,
+) -> Scenario:
+    """Split ``dataset`` into tasks of the classes in ``class_order`` (default {0,1},{2,3},...).
+
+    Labels are the class's position within its task (task/domain) or the class itself (class).
+    """
+    checked = _check_setting(setting)
+    seen = [c for group in class_order for c in group]
+    if len(set(seen)) != len(seen) or not all(0 <= c < dataset.n_classes for c in seen):
+        raise ConfigError(
+            f"class order {class_order} must use distinct classes of 0..{dataset.n_classes - 1}"
+        )
+    tasks = []
+    for index, group in enumerate(class_order):
+        classes = torch.tensor(list(group))
+        local = torch.full((dataset.n_classes,), -1, dtype=torch.int64)
+        local[classes] = torch.arange(len(group))
+        train_mask = torch.isin(dataset.train_y, classes)
+        test_mask = torch.isin(dataset.test_y, classes)
+        train_y, test_y = dataset.train_y[train_mask], dataset.test_y[test_mask]
+        if checked != "class":
+            train_y, test_y = local[train_y], local[test_y]
+        tasks.append(
+            Task(
+                index=index,
+                name="/".join(str(c) for c in group),
+                head=index if checked == "task" else 0,
+                n_classes=dataset.n_classes if checked == "class" else len(group),
+                train_x=_pixels(dataset.train_x[train_mask]),
+                train_y=train_y,
+                test_x=_pixels(dataset.test_x[test_mask]),
+                test_y=test_y,
+            )
+        )
+    return Scenario(name or f"split-{dataset.name}", checked, tuple(tasks))
+
+
+def permuted_scenario(
+    dataset: ImageDataset, setting: str, n_tasks: int = 10, seed: int = 0, name: str | None = None
+) -> Scenario:
+    """``n_tasks`` copies of ``dataset``, each with its own fixed pixel permutation drawn from ``seed``.
+
+    Task 0 keeps the original pixel order. Class-incremental labels are ``label + 10·t``.
+    """
+    checked = _check_setting(setting)
+    if n_tasks < 1:
+        raise ConfigError(f"a permuted scenario needs at least one task, got {n_tasks}")
+    generator = torch.Generator().manual_seed(seed)
+    n_pixels = dataset.train_x[0].numel()
+    train_x = _pixels(dataset.train_x.reshape(len(dataset.train_x), n_pixels))
+    test_x = _pixels(dataset.test_x.reshape(len(dataset.test_x), n_pixels))
+    tasks = []
+    for index in range(n_tasks):
+        perm = (
+            torch.arange(n_pixels) if index == 0 else torch.randperm(n_pixels, generator=generator)
+        )
+        offset = index * dataset.n_classes if checked == "class" else 0
+        tasks.append(
+            Task(
+                index=index,
+                name=f"perm{index}",
+                head=index if checked == "task" else 0,
+                n_classes=dataset.n_classes * (n_tasks if checked == "class" else 1),
+                train_x=train_x[:, perm].reshape(dataset.train_x.shape).contiguous(),
+                train_y=dataset.train_y + offset,
+                test_x=test_x[:, perm].reshape(dataset.test_x.shape).contiguous(),
+                test_y=dataset.test_y + offset,
+            )
+        )
+    return Scenario(name or f"permuted-{dataset.name}", checked, tuple(tasks))
+
+
+def with_validation(scenario: Scenario, fraction: float = 0.1, seed: int = 0) -> Scenario:
+    """The same stream with each task's test set replaced by ``fraction`` of its training data.
+
+    The held-out part is stratified by label and seeded; the rest stays the training set. Tuning on
+    this scenario never looks at the real test set.
+    """
+    if not 0 < fraction < 1:
+        raise ConfigError(f"the validation fraction must be in (0, 1), got {fraction}")
+    generator = torch.Generator().manual_seed(seed)
+    tasks = []
+    for task in scenario.tasks:
+        train, held_out = stratified_split(task.train_y, fraction, generator)
+        tasks.append(
+            replace(
+                task,
+                train_x=task.train_x[train],
+                train_y=task.train_y[train],
+                test_x=task.train_x[held_out],
+                test_y=task.train_y[held_out],
+            )
+        )
+    return replace(scenario, name=f"{scenario.name}-validation", tasks=tuple(tasks))

@@ -1,0 +1,77 @@
+"""Generic per-sample rule for any module: ``torch.func`` vjp of the module alone, vmapped over samples.
+
+For module ``m`` called with inputs ``a`` (possibly several calls, e.g. a shared layer), sample
+k's gradient is ``g_k = Σ_calls vjp(θ ↦ m(a_k; θ))(δ_k)``; we materialise it in chunks of samples,
+apply ``f`` and sum. It needs the module's own inputs and output gradient only, not a second pass
+through the network. Tensor arguments (positional or keyword) whose first dimension is the batch
+are taken as batched; others are passed as they are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call, vjp, vmap
+
+from memaware.importance.rules import Reduce, chunks
+
+
+def fallback_rule(
+    module: nn.Module,
+    calls: list[tuple[tuple[Any, ...], dict[str, Any], torch.Tensor]],
+    params: dict[str, nn.Parameter],
+    f: Reduce,
+) -> dict[str, torch.Tensor]:
+    """Σ_k f(g_k) for ``params`` (the module's own, by local name) over ``calls`` = [(args, kwargs, δ)].
+
+    Runs under ``no_grad``: torch.func still differentiates with respect to ``params``, while the
+    parameters of the module's children record no graph.
+    """
+    names = list(params)
+    detached = {name: params[name].detach() for name in names}
+    n = calls[0][2].shape[0]
+    per_sample_elements = sum(p.numel() for p in detached.values())
+    totals = {name: torch.zeros_like(detached[name]) for name in names}
+    for part in chunks(n, per_sample_elements):
+        grads: dict[str, torch.Tensor] | None = None
+        for args, kwargs, delta in calls:
+            with torch.no_grad():
+                call_grads = _per_sample_vjp(module, detached, args, kwargs, delta, part)
+            grads = call_grads if grads is None else {k: grads[k] + call_grads[k] for k in names}
+        assert grads is not None
+        for name in names:
+            totals[name] += f(grads[name], out=grads[name]).sum(0)
+    return totals
+
+
+def _per_sample_vjp(
+    module: nn.Module,
+    params: dict[str, torch.Tensor],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    delta: torch.Tensor,
+    part: slice,
+) -> dict[str, torch.Tensor]:
+    keys = list(kwargs)
+    values = [*args, *(kwargs[k] for k in keys)]
+    batched = [
+        isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == delta.shape[0] for v in values
+    ]
+    sliced = [v[part] if b else v for v, b in zip(values, batched, strict=True)]
+
+    def one_sample(
+        p: dict[str, torch.Tensor], d: torch.Tensor, *sample_values: Any
+    ) -> dict[str, torch.Tensor]:
+        inputs = [v.unsqueeze(0) if b else v for v, b in zip(sample_values, batched, strict=True)]
+        positional, named = (
+            tuple(inputs[: len(args)]),
+            dict(zip(keys, inputs[len(args) :], strict=True)),
+        )
+        pullback = vjp(lambda q: functional_call(module, q, positional, named), p)[1]
+        (grad,) = pullback(d.unsqueeze(0))
+        return grad  # type: ignore[no-any-return]
+
+    in_dims = (None, 0, *[0 if b else None for b in batched])
+    return vmap(one_sample, in_dims=in_dims)(params, delta[part], *sliced)

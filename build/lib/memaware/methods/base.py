@@ -1,0 +1,63 @@
+"""The small base class every continual-learning method overrides a few hooks of.
+
+Lifecycle for each task t of a stream (Avalanche's vocabulary)::
+
+    before_task(model, task, seen)
+    for each step on training_tasks(seen):
+        loss = cross-entropy + loss_term(model, batch);  backward;  optimizer step;  after_step(model)
+    after_task(model, task, seen)          # consolidation: importance, anchors, merging
+    (every task seen so far is evaluated with the model as after_task left it)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from memaware.data.scenarios import SETTINGS, Setting, Task
+from memaware.models.multihead import MultiHeadClassifier
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One training batch: inputs, labels and the head answering each sample.
+
+    ``heads`` is an int when the whole batch belongs to one head (always, except for joint
+    training over several task-incremental tasks), else a tensor of head ids per sample.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    heads: torch.Tensor | int
+
+
+class Method:
+    """Plain training on each task in turn (the hooks do nothing); subclasses add regularisation."""
+
+    name: ClassVar[str] = "base"
+    #: the scenarios the method is defined for
+    scenarios: ClassVar[tuple[Setting, ...]] = SETTINGS
+
+    def before_task(self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]) -> None:
+        """Called before training ``task``; ``seen`` are the tasks of the stream so far, ``task`` last."""
+
+    def training_tasks(self, seen: Sequence[Task]) -> Sequence[Task]:
+        """The tasks whose training data are used now (default: the current one only)."""
+        return seen[-1:]
+
+    def loss_term(self, model: MultiHeadClassifier, batch: Batch) -> torch.Tensor | None:
+        """A term added to the task loss at every training step (``None`` for no term)."""
+        return None
+
+    def after_step(self, model: MultiHeadClassifier) -> None:
+        """Called after every optimizer step (parameters updated, gradients still in ``.grad``)."""
+
+    def after_task(self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]) -> None:
+        """Called once ``task`` is learned, before evaluation."""
+
+    def options(self) -> dict[str, object]:
+        """The method's settings, for the report."""
+        return {}

@@ -1,0 +1,175 @@
+"""Elastic Weight Consolidation (Kirkpatrick et al., PNAS 2017), one Fisher and one anchor per task.
+
+After each task t, on that task's labelled training data and the logits of its head:
+
+    F_t,i = (1/N) Σ_k (∂ log p(y_k | x_k; θ)/∂θ_i)²    (exact per-sample diagonal Fisher)
+    θ*_t  ← θ
+
+with y_k drawn from the model, y_k ~ p(·|x_k; θ) (``labels="true"``, the Fisher proper, seeded so
+runs repeat), or taken from the data (``labels="empirical"``). While learning task t+1 the loss is
+
+    L_task + λ Σ_{s≤t} Σ_i F_s,i (θ_i − θ*_s,i)²
+
+We write no factor ½, like the MAS penalty (:mod:`memaware.penalties.quadratic`): our λ is half the
+λ of papers that write (λ/2) Σ F (θ − θ*)² (Kirkpatrick et al., van de Ven et al.).
+
+The per-task sum is evaluated as one quadratic with the same value and gradient:
+
+    Σ_s F_s (θ − θ*_s)² = Ω (θ − m)² + c,   Ω = Σ_s F_s,   m = (Σ_s F_s θ*_s) / Ω,
+    c = Σ_s F_s θ*_s² − Ω m²  (a constant ≥ 0; where Ω = 0 the entry has no penalty and m = θ)
+
+so a training step costs one fused :class:`~memaware.penalties.QuadraticPenalty` whatever the
+number of tasks. The per-task Fishers and anchors are kept (:attr:`EWC.fishers`,
+:attr:`EWC.anchors`) for inspection. A head created after task s has no F_s and is free while
+its task is learned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar, Literal
+
+import torch
+
+from memaware.data.scenarios import SETTINGS, Setting, Task
+from memaware.errors import ConfigError
+from memaware.importance import fisher
+from memaware.methods.base import Batch, Method
+from memaware.models.multihead import MultiHeadClassifier, heads_output
+from memaware.penalties import QuadraticPenalty
+
+FisherLabels = Literal["empirical", "true"]
+
+
+def check_fisher_options(
+    name: str, strength: float, labels: str, batch_size: int, max_samples: int | None
+) -> None:
+    """Raise :class:`ConfigError` for settings no Fisher-based method accepts."""
+    if strength < 0:
+        raise ConfigError(f"{name}: the strength λ must be >= 0, got {strength}")
+    if labels not in ("empirical", "true"):
+        raise ConfigError(f"{name}: unknown Fisher labels {labels!r}; use 'empirical' or 'true'")
+    if batch_size < 1:
+        raise ConfigError(f"{name}: the Fisher batch size must be >= 1, got {batch_size}")
+    if max_samples is not None and max_samples < 1:
+        raise ConfigError(f"{name}: max_samples must be >= 1 or None, got {max_samples}")
+
+
+def task_fisher(
+    model: MultiHeadClassifier,
+    task: Task,
+    *,
+    labels: FisherLabels,
+    batch_size: int,
+    max_samples: int | None,
+    seed: int,
+) -> dict[str, torch.Tensor]:
+    """Exact diagonal Fisher of ``task``'s training data on the logits of the task's head.
+
+    With ``labels="true"`` the sampled labels come from a generator seeded by ``seed`` and the
+    task's index, on the model's device, so the same run gives the same Fisher.
+    """
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(1_000_003 * seed + task.index)
+    data = list(
+        zip(
+            torch.split(task.train_x, batch_size),
+            torch.split(task.train_y, batch_size),
+            strict=True,
+        )
+    )
+    estimate = fisher(
+        model,
+        data,
+        labels=labels,
+        outputs=heads_output([task.head]),
+        max_samples=max_samples,
+        generator=generator,
+    )
+    return {name: value.detach() for name, value in estimate.items()}
+
+
+class EWC(Method):
+    """EWC with exact per-sample Fisher, a separate F_t and θ*_t for every task learned."""
+
+    name: ClassVar[str] = "ewc"
+    scenarios: ClassVar[tuple[Setting, ...]] = SETTINGS
+
+    def __init__(
+        self,
+        *,
+        strength: float = 1.0,
+        labels: FisherLabels = "true",
+        batch_size: int = 256,
+        max_samples: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        check_fisher_options(self.name, strength, labels, batch_size, max_samples)
+        self.strength = strength
+        self.labels: FisherLabels = labels
+        self.batch_size = batch_size
+        self.max_samples = max_samples
+        self.seed = seed
+        #: F_t of every task learned so far, keyed by parameter name
+        self.fishers: list[dict[str, torch.Tensor]] = []
+        #: θ*_t, the parameters (those with an F_t entry) at the end of every task learned so far
+        self.anchors: list[dict[str, torch.Tensor]] = []
+        self.penalty: QuadraticPenalty | None = None
+        #: the constant c that makes the fused penalty's value the per-task sum's
+        self.offset = 0.0
+
+    def options(self) -> dict[str, object]:
+        return {
+            "strength": self.strength,
+            "labels": self.labels,
+            "batch_size": self.batch_size,
+            "max_samples": self.max_samples,
+            "seed": self.seed,
+        }
+
+    def loss_term(self, model: MultiHeadClassifier, batch: Batch) -> torch.Tensor | None:
+        if self.penalty is None:
+            return None
+        value: torch.Tensor = self.penalty() + self.offset
+        return value
+
+    def after_task(self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]) -> None:
+        f = task_fisher(
+            model,
+            task,
+            labels=self.labels,
+            batch_size=self.batch_size,
+            max_samples=self.max_samples,
+            seed=self.seed,
+        )
+        params = dict(model.named_parameters())
+        self.fishers.append(f)
+        self.anchors.append({name: params[name].detach().clone() for name in f})
+        self._consolidate(model)
+
+    def _consolidate(self, model: MultiHeadClassifier) -> None:
+        """Fuse Σ_s F_s (θ − θ*_s)² into Ω (θ − m)² + c (sums in float64)."""
+        params = dict(model.named_parameters())
+        total: dict[str, torch.Tensor] = {}  # Σ_s F_s
+        moment: dict[str, torch.Tensor] = {}  # Σ_s F_s θ*_s
+        offset = 0.0  # accumulates Σ_s F_s θ*_s², then subtracts Ω m²
+        for fisher_s, anchor_s in zip(self.fishers, self.anchors, strict=True):
+            for name, value in fisher_s.items():
+                f, a = value.double(), anchor_s[name].double()
+                total[name] = total[name] + f if name in total else f
+                moment[name] = moment[name] + f * a if name in moment else f * a
+                offset += float((f * a.square()).sum())
+        centres: dict[str, torch.Tensor] = {}
+        for name, omega in total.items():
+            weighted = omega > 0
+            safe = torch.where(weighted, omega, torch.ones_like(omega))
+            mean = torch.where(weighted, moment[name] / safe, params[name].detach().double())
+            centres[name] = mean
+            offset -= float((omega * mean.square()).sum())
+        self.offset = self.strength * max(offset, 0.0)
+        self.penalty = QuadraticPenalty(model, total, self.strength, anchors=centres)
+
+    @property
+    def omega(self) -> dict[str, torch.Tensor] | None:
+        """Ω = Σ_t F_t, the total importance (``None`` before the first task ends)."""
+        return self.penalty.omegas if self.penalty is not None else None

@@ -1,0 +1,307 @@
+"""Incremental Moment Matching, IMM (Lee et al., NeurIPS 2017), one of the MAS paper's baselines.
+
+Each task t is learned on its own, starting from the previous task's trained parameters
+(*weight-transfer*), optionally pulled towards them by *L2-transfer*::
+
+    L = L_task(θ) + λ ‖θ − θ_{t−1}‖²        (λ = ``strength``; no factor ½, as the authors' code)
+
+After task t the trained θ_t is stored (and, for mode-IMM, the diagonal Fisher F_t of task t) and
+the model that is evaluated is the *merge* of θ_1..θ_t, with α_k = 1/t::
+
+    mean-IMM:  θ = Σ_k α_k θ_k
+    mode-IMM:  θ = (Σ_k α_k F_k ⊙ θ_k) / (Σ_k α_k F_k)       (elementwise; α cancels when uniform)
+
+F_k is the exact per-sample *true* Fisher (labels drawn from the model with a seeded generator)
+of the logits of task k's head, on task k's training inputs, plus ``eps`` (Lee et al. add 1e-8)
+so that a weight no task's Fisher sees gets the plain mean instead of 0/0.
+
+Choices (beyond the paper, which merges one fixed network):
+
+* **Heads.** A head created for task k exists only in θ_k..θ_t, so each parameter is merged over
+  the models that hold it, with α uniform over those. In task-incremental learning the head of task
+  k is trained at task k only (later tasks' losses do not reach it), so its later copies are equal
+  and the merge gives back its trained value; its Fisher after task k is ``eps`` (it is not part of
+  the later tasks' output). Domain- and class-incremental scenarios share one head, merged like
+  the backbone.
+* **Swapping.** The loop evaluates the model as :meth:`after_task` leaves it, so ``after_task``
+  loads the merged parameters and the next :meth:`before_task` puts the trained θ_{t−1} back before
+  training goes on from it (the merge is for evaluation only, as in Lee et al.). Values are
+  copied in place under ``no_grad``: the ``Parameter`` objects, hence the optimizer and its Adam
+  moments, are untouched. Buffers (e.g. BatchNorm statistics) are not merged: they stay as training
+  left them.
+* **L2-transfer** applies to the parameters the current task trains that existed at task t−1
+  (the backbone and, in domain/class settings, the shared head); a new head is free, and old
+  heads are left out of the penalty because a zero-gradient entry would let Adam's stale moments
+  move them. The first task has no penalty (the authors' code pulls it towards 0, a weight decay;
+  we leave that to the optimiser). Default λ = 1e-4, the authors' code default (an L2 distance
+  summed over all weights is large, so useful values are small; with 0 only weight-transfer acts).
+* **weight_transfer=False** restarts the trained parameters (backbone and current heads) of every
+  task from their values when the first task began, θ_0, not from a fresh random draw: a fresh
+  draw would need a private random stream and a re-initialisation rule for every module type, and
+  merging networks from unrelated initialisations is meaningless (their units are not aligned;
+  Lee et al. find IMM needs transfer). Heads of past tasks keep their trained values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import ClassVar, Literal
+
+import torch
+from torch import nn
+
+from memaware.data.scenarios import SETTINGS, Setting, Task
+from memaware.errors import ConfigError
+from memaware.importance import batches, fisher
+from memaware.methods.base import Batch, Method
+from memaware.models.multihead import MultiHeadClassifier, heads_output
+from memaware.penalties import QuadraticPenalty
+
+Merge = Literal["mean", "mode"]
+Parameters = dict[str, torch.Tensor]
+
+
+def _holders(
+    models: Sequence[Mapping[str, torch.Tensor]],
+) -> dict[str, list[int]]:
+    """For each parameter name, the indices of the models that hold it (in order of first sight)."""
+    holders: dict[str, list[int]] = {}
+    for k, model in enumerate(models):
+        for name, value in model.items():
+            indices = holders.setdefault(name, [])
+            if indices and value.shape != models[indices[0]][name].shape:
+                raise ConfigError(
+                    f"cannot merge {name}: shapes {tuple(models[indices[0]][name].shape)} "
+                    f"and {tuple(value.shape)}"
+                )
+            indices.append(k)
+    return holders
+
+
+def mean_imm(models: Sequence[Mapping[str, torch.Tensor]]) -> Parameters:
+    """θ = Σ_k α_k θ_k, α_k uniform over the models that hold each parameter."""
+    if not models:
+        raise ConfigError("mean-IMM needs at least one model")
+    merged: Parameters = {}
+    for name, indices in _holders(models).items():
+        total = torch.zeros_like(models[indices[0]][name])
+        for k in indices:
+            total += models[k][name]
+        merged[name] = total / len(indices)
+    return merged
+
+
+def mode_imm(
+    models: Sequence[Mapping[str, torch.Tensor]],
+    fishers: Sequence[Mapping[str, torch.Tensor]],
+) -> Parameters:
+    """θ = Σ_k α_k F_k θ_k / Σ_k α_k F_k elementwise, over the models that hold each parameter.
+
+    Every model needs a Fisher entry for each of its parameters. Where all the Fishers of an entry
+    are 0 (possible only without ``eps``), the entry falls back to the mean.
+    """
+    if not models:
+        raise ConfigError("mode-IMM needs at least one model")
+    if len(fishers) != len(models):
+        raise ConfigError(f"mode-IMM needs one Fisher per model: {len(fishers)} for {len(models)}")
+    merged: Parameters = {}
+    for name, indices in _holders(models).items():
+        weighted = torch.zeros_like(models[indices[0]][name])
+        precision = torch.zeros_like(weighted)
+        for k in indices:
+            if name not in fishers[k]:
+                raise ConfigError(f"the Fisher of model {k} has no entry for {name}")
+            f = fishers[k][name]
+            if f.shape != weighted.shape:
+                raise ConfigError(
+                    f"the Fisher of {name} in model {k} has shape {tuple(f.shape)}, "
+                    f"the parameter {tuple(weighted.shape)}"
+                )
+            weighted += f * models[k][name]
+            precision += f
+        mean = mean_imm([{name: models[k][name]} for k in indices])[name]
+        merged[name] = torch.where(precision > 0, weighted / precision, mean)
+    return merged
+
+
+def _snapshot(model: nn.Module) -> Parameters:
+    """A CPU copy of every parameter's value."""
+    return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters()}
+
+
+@torch.no_grad()
+def load_values(model: nn.Module, values: Mapping[str, torch.Tensor]) -> None:
+    """Copy ``values`` into the model's parameters of those names, in place (the objects stay)."""
+    params = dict(model.named_parameters())
+    for name, value in values.items():
+        if name not in params:
+            raise ConfigError(f"{name} is not a parameter of the model")
+        params[name].copy_(value)
+
+
+def trained_names(model: nn.Module, tasks: Iterable[Task]) -> set[str]:
+    """Names of the parameters that training on ``tasks`` updates: the backbone and their heads."""
+    prefixes = ("backbone.", *(f"heads.{t.head}." for t in tasks))
+    return {name for name, _ in model.named_parameters() if name.startswith(prefixes)}
+
+
+class IMM(Method):
+    """Mean- or mode-IMM with weight-transfer and optional L2-transfer (see the module docstring)."""
+
+    name = "imm"
+    scenarios: ClassVar[tuple[Setting, ...]] = SETTINGS
+
+    def __init__(
+        self,
+        merge: Merge = "mode",
+        strength: float = 1e-4,
+        *,
+        weight_transfer: bool = True,
+        eps: float = 1e-8,
+        fisher_batch_size: int = 500,
+        fisher_samples: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        if merge not in ("mean", "mode"):
+            raise ConfigError(f"unknown IMM merge {merge!r}: use 'mean' or 'mode'")
+        if strength < 0:
+            raise ConfigError(f"the IMM L2-transfer strength must be >= 0, got {strength}")
+        if eps < 0:
+            raise ConfigError(f"the IMM Fisher eps must be >= 0, got {eps}")
+        if fisher_batch_size < 1 or (fisher_samples is not None and fisher_samples < 1):
+            raise ConfigError("the Fisher batch size and sample count must be positive")
+        self.merge: Merge = merge
+        self.strength = strength
+        self.weight_transfer = weight_transfer
+        self.eps = eps
+        self.fisher_batch_size = fisher_batch_size
+        self.fisher_samples = fisher_samples
+        self.seed = seed
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every stored model (done when a new stream starts)."""
+        #: θ_1..θ_t, the trained parameters after each task (CPU)
+        self.trained: list[Parameters] = []
+        #: F_1..F_t + eps for every parameter of θ_k (mode-IMM only; CPU)
+        self.fishers: list[Parameters] = []
+        #: the parameters when the first task began (for ``weight_transfer=False``)
+        self.initial: Parameters = {}
+        self.penalty: QuadraticPenalty | None = None
+
+    def options(self) -> dict[str, object]:
+        return {
+            "merge": self.merge,
+            "strength": self.strength,
+            "weight_transfer": self.weight_transfer,
+            "eps": self.eps,
+            "fisher_batch_size": self.fisher_batch_size,
+            "fisher_samples": self.fisher_samples,
+            "seed": self.seed,
+        }
+
+    def before_task(self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]) -> None:
+        if len(seen) == 1:
+            self.reset()
+            if not self.weight_transfer:
+                self.initial = _snapshot(model)
+            return
+        if not self.trained:
+            raise ConfigError("IMM: before_task of a later task without after_task of the first")
+        previous = self.trained[-1]
+        trains = trained_names(model, self.training_tasks(seen))
+        start = dict(previous)
+        if not self.weight_transfer:
+            start.update({n: v for n, v in self.initial.items() if n in trains})
+        load_values(model, start)  # undo the merge: training goes on from θ_{t−1} (or θ_0)
+        anchored = {name: previous[name] for name in trains if name in previous}
+        self.penalty = (
+            QuadraticPenalty(
+                model,
+                {name: torch.ones_like(value) for name, value in anchored.items()},
+                self.strength,
+                anchors=anchored,
+            )
+            if self.strength > 0 and anchored
+            else None
+        )
+
+    def loss_term(self, model: MultiHeadClassifier, batch: Batch) -> torch.Tensor | None:
+        return self.penalty() if self.penalty is not None else None
+
+    def task_fisher(self, model: MultiHeadClassifier, task: Task) -> Mapping[str, torch.Tensor]:
+        """F_t: exact per-sample true Fisher of task ``task``'s head logits on its training inputs."""
+        device = next(model.parameters()).device
+        generator = torch.Generator(device=device).manual_seed(self.seed + task.index)
+        data = zip(
+            batches(task.train_x, self.fisher_batch_size),
+            batches(task.train_y, self.fisher_batch_size),
+            strict=True,
+        )
+        return fisher(
+            model,
+            data,
+            labels="true",
+            outputs=heads_output([task.head]),
+            max_samples=self.fisher_samples,
+            generator=generator,
+        )
+
+    def after_task(self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]) -> None:
+        theta = _snapshot(model)
+        self.trained.append(theta)
+        if self.merge == "mode":
+            measured = self.task_fisher(model, task)
+            self.fishers.append(
+                {
+                    name: (
+                        measured[name].detach().to("cpu", value.dtype)
+                        if name in measured
+                        else torch.zeros_like(value)
+                    )
+                    + self.eps
+                    for name, value in theta.items()
+                }
+            )
+        load_values(model, self.merged())
+
+    def merged(self) -> Parameters:
+        """The IMM merge of the models stored so far (what is evaluated after each task)."""
+        if self.merge == "mean":
+            return mean_imm(self.trained)
+        return mode_imm(self.trained, self.fishers)
+
+
+class MeanIMM(IMM):
+    """mean-IMM: the merged model is the plain average of the task models (``merge="mean"``)."""
+
+    name = "mean-imm"
+
+    def __init__(self, strength: float = 1e-4, *, weight_transfer: bool = True) -> None:
+        super().__init__("mean", strength, weight_transfer=weight_transfer)
+
+
+class ModeIMM(IMM):
+    """mode-IMM: the Fisher-weighted average of the task models (``merge="mode"``)."""
+
+    name = "mode-imm"
+
+    def __init__(
+        self,
+        strength: float = 1e-4,
+        *,
+        weight_transfer: bool = True,
+        eps: float = 1e-8,
+        fisher_batch_size: int = 500,
+        fisher_samples: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            "mode",
+            strength,
+            weight_transfer=weight_transfer,
+            eps=eps,
+            fisher_batch_size=fisher_batch_size,
+            fisher_samples=fisher_samples,
+            seed=seed,
+        )

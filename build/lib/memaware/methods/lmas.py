@@ -1,0 +1,90 @@
+"""l-MAS, the local (Hebbian) variant of Memory Aware Synapses (Aljundi et al., ECCV 2018, §4.3).
+
+After each task t, on unlabelled training inputs of that task, every linear or convolutional
+layer l is scored alone, with F_l its own output y = ReLU(W a + b):
+
+    Ω_new,ij = (1/N) Σ_k |∂‖y^k‖²/∂θ_ij| = (1/N) Σ_k |2 · y_i^k · a_j^k|
+             = 2 · mean_k(y_i^k · a_j^k)            (ReLU networks: the neurons' co-activation)
+    Ω ← Ω + Ω_new                                    (sum over tasks, as MAS; or a blend)
+    θ* ← θ
+
+and while learning the next task the loss is  L_task + λ Σ Ω (θ − θ*)²  (no factor ½).
+Only forward activations are needed (:func:`memaware.importance.local_mas`). The inputs run
+through the finished task's own head, so that head's layer (not head 0's) gets the task's Ω;
+a head created for a new task has no Ω and is free while its task is learned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import ClassVar, Literal
+
+import torch
+from torch import nn
+
+from memaware.data.scenarios import SETTINGS, Setting, Task
+from memaware.errors import ConfigError
+from memaware.importance import batches, local_mas
+from memaware.methods.regulariser import QuadraticRegulariser
+from memaware.models.multihead import MultiHeadClassifier
+
+_PREFIX = "model."
+
+
+class _HeadView(nn.Module):
+    """``model`` answering with one head, so that ``view(x)`` runs the backbone and that head."""
+
+    def __init__(self, model: MultiHeadClassifier, head: int) -> None:
+        super().__init__()
+        self.model = model
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x, self.head)  # type: ignore[no-any-return]
+
+
+class LocalMAS(QuadraticRegulariser):
+    """l-MAS: Ω from the co-activations of the neurons each weight connects."""
+
+    name: ClassVar[str] = "l-mas"
+    scenarios: ClassVar[tuple[Setting, ...]] = SETTINGS
+
+    def __init__(
+        self,
+        *,
+        strength: float = 1.0,
+        accumulation: Literal["sum", "blend"] = "sum",
+        alpha: float = 0.5,
+        batch_size: int = 256,
+        max_samples: int | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"{self.name}: the batch size must be >= 1, got {batch_size}")
+        if max_samples is not None and max_samples < 1:
+            raise ConfigError(f"{self.name}: max_samples must be >= 1 or None, got {max_samples}")
+        if accumulation not in ("sum", "blend"):
+            raise ConfigError(
+                f"{self.name}: unknown accumulation {accumulation!r}; use sum or blend"
+            )
+        super().__init__(strength, accumulation, alpha)
+        self.batch_size = batch_size
+        self.max_samples = max_samples
+
+    def options(self) -> dict[str, object]:
+        return {
+            "strength": self.strength,
+            "accumulation": self.accumulation,
+            "alpha": self.alpha,
+            "batch_size": self.batch_size,
+            "max_samples": self.max_samples,
+        }
+
+    def importance(
+        self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]
+    ) -> Mapping[str, torch.Tensor]:
+        omega = local_mas(
+            _HeadView(model, task.head),
+            batches(task.train_x, self.batch_size),
+            max_samples=self.max_samples,
+        )
+        return {name.removeprefix(_PREFIX): value for name, value in omega.items()}

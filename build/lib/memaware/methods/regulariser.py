@@ -1,0 +1,52 @@
+"""Shared shape of the quadratic regularisers (MAS, l-MAS, online EWC, SI, L2).
+
+After each task the method measures a per-parameter importance Ω_new (its one job), combines it
+with the past (sum, or a blend), anchors θ* at the current parameters, and while learning the
+next task adds ``λ Σ Ω (θ − θ*)²`` (:class:`~memaware.penalties.QuadraticPenalty`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import torch
+
+from memaware.data.scenarios import Task
+from memaware.errors import ConfigError
+from memaware.importance import accumulate
+from memaware.methods.base import Batch, Method
+from memaware.models.multihead import MultiHeadClassifier
+from memaware.penalties import QuadraticPenalty
+
+
+class QuadraticRegulariser(Method):
+    """Subclasses implement :meth:`importance`; the rest (accumulation, anchor, penalty) is here."""
+
+    def __init__(
+        self,
+        strength: float,
+        accumulation: Literal["sum", "blend"] = "sum",
+        alpha: float = 0.5,
+    ) -> None:
+        if strength < 0:
+            raise ConfigError(f"{self.name}: the strength λ must be >= 0, got {strength}")
+        self.strength = strength
+        self.accumulation: Literal["sum", "blend"] = accumulation
+        self.alpha = alpha
+        self.omega: dict[str, torch.Tensor] | None = None
+        self.penalty: QuadraticPenalty | None = None
+
+    def importance(
+        self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]
+    ) -> Mapping[str, torch.Tensor]:
+        """Ω_new for the task just learned, keyed by parameter name."""
+        raise NotImplementedError
+
+    def loss_term(self, model: MultiHeadClassifier, batch: Batch) -> torch.Tensor | None:
+        return self.penalty() if self.penalty is not None else None
+
+    def after_task(self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]) -> None:
+        new = self.importance(model, task, seen)
+        self.omega = accumulate(self.omega, new, rule=self.accumulation, alpha=self.alpha)
+        self.penalty = QuadraticPenalty(model, self.omega, self.strength)

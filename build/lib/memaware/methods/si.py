@@ -1,0 +1,151 @@
+"""Synaptic Intelligence (Zenke, Poole & Ganguli, ICML 2017).
+
+While task t is learned, every parameter keeps a running path integral of its contribution to the
+decrease of the *task* loss L (unregularised), one term per optimizer step k::
+
+    w_i ← w_i − g_i(θ^(k)) · Δθ_i^(k),    g = ∂L/∂θ at θ^(k),   Δθ^(k) = θ^(k+1) − θ^(k)
+
+At the end of task t, with θ_t the parameters then and θ_{t−1} those at the end of the previous
+task (for the first task, and for a head created later, the values when training started)::
+
+    Ω_new = max(0, w / ((θ_t − θ_{t−1})² + ξ))      ξ = ``damping``
+    Ω ← Ω + Ω_new,    w ← 0,    θ* ← θ_t
+
+and while learning the next task the loss is  L + c Σ Ω (θ − θ*)²  (c = ``strength``, no ½).
+
+The unregularised gradient costs no second backward pass: the training loop back-propagates
+L + c Σ Ω (θ − θ*)², so after the step ``.grad`` holds g + 2cΩ(θ^(k) − θ*), and the penalty part
+is subtracted in closed form at θ^(k), the parameters before the step (kept from the previous
+step). All per-step work is a handful of fused ``torch._foreach_*`` kernels over the parameters.
+Parameters without a gradient in a step (the heads of other tasks) are not moved by the optimizer
+and add nothing to w.
+
+ξ = 0.1 is Hsu et al.'s setting (GT-RIPL benchmark); Zenke et al. used 1e-3 on their MNIST runs.
+c is not portable between code bases: it depends on the loss scale, the optimizer and the
+accumulation of Ω.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
+
+import torch
+
+from memaware.data.scenarios import SETTINGS, Setting, Task
+from memaware.errors import ConfigError
+from memaware.methods.regulariser import QuadraticRegulariser
+from memaware.models.multihead import MultiHeadClassifier
+
+
+class SI(QuadraticRegulariser):
+    """Synaptic Intelligence: importance from the path integral of the task loss, summed over tasks."""
+
+    name = "si"
+    scenarios: ClassVar[tuple[Setting, ...]] = SETTINGS
+
+    def __init__(self, strength: float = 1.0, damping: float = 0.1) -> None:
+        if not damping > 0:
+            raise ConfigError(f"si: the damping ξ must be > 0, got {damping}")
+        super().__init__(strength, accumulation="sum")
+        self.damping = damping
+        # Aligned lists over the parameters tracked so far (``_names`` order):
+        self._names: list[str] = []
+        self._params: list[torch.Tensor] = []
+        self._start: list[torch.Tensor] = []  # θ_{t−1}: end of the previous task, or creation
+        self._before: list[torch.Tensor] = []  # θ^(k): the parameters before the current step
+        self._path: list[torch.Tensor] = []  # w
+        # The penalty's gradient factors, 2c√Ω and √Ω (zero where a parameter is not penalised),
+        # computed like QuadraticPenalty does so that the subtracted gradient matches it exactly.
+        self._sqrt_omega: list[torch.Tensor] = []
+        self._grad_scale: list[torch.Tensor] = []
+        self._penalised = False
+
+    def options(self) -> dict[str, object]:
+        return {"strength": self.strength, "damping": self.damping}
+
+    @property
+    def path_integral(self) -> dict[str, torch.Tensor]:
+        """w of the task being learned, keyed by parameter name (zero right after a task ends)."""
+        return dict(zip(self._names, self._path, strict=True))
+
+    def before_task(self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]) -> None:
+        known = dict(zip(self._names, self._params, strict=True))
+        for name, param in model.named_parameters():
+            if name in known:
+                if known[name] is not param:
+                    raise ConfigError(
+                        f"si: parameter {name} is not the one tracked so far; "
+                        "use a fresh SI for a new model"
+                    )
+                continue
+            # A parameter seen for the first time (the whole model before the first task, a new
+            # head later) starts its path here, at its creation value.
+            value = param.detach()
+            self._names.append(name)
+            self._params.append(param)
+            self._start.append(value.clone())
+            self._before.append(value.clone())
+            self._path.append(torch.zeros_like(value))
+            self._sqrt_omega.append(torch.zeros_like(value))
+            self._grad_scale.append(torch.zeros_like(value))
+        with torch.no_grad():
+            torch._foreach_copy_(self._before, [p.detach() for p in self._params])
+
+    @torch.no_grad()
+    def after_step(self, model: MultiHeadClassifier) -> None:
+        if not self._params:
+            raise ConfigError("si: after_step was called before before_task")
+        grads = [p.grad for p in self._params]
+        params, before, start, path = self._params, self._before, self._start, self._path
+        sqrt_omega, grad_scale = self._sqrt_omega, self._grad_scale
+        if any(g is None for g in grads):  # other heads: not moved, nothing to add
+            active = [i for i, g in enumerate(grads) if g is not None]
+            if not active:
+                return
+            grads = [grads[i] for i in active]
+            params, before, start, path, sqrt_omega, grad_scale = (
+                [values[i] for i in active]
+                for values in (params, before, start, path, sqrt_omega, grad_scale)
+            )
+        task_grads: list[torch.Tensor] | tuple[torch.Tensor, ...] = grads  # type: ignore[assignment]
+        delta = torch._foreach_sub(params, before)
+        if self._penalised:
+            # .grad = g + 2cΩ(θ^(k) − θ*): rebuild the penalty gradient at θ^(k) as the penalty's
+            # backward computes it, (θ^(k) − θ*)·√Ω·2c√Ω, and take it out.
+            penalty_grad = torch._foreach_sub(before, start)
+            torch._foreach_mul_(penalty_grad, sqrt_omega)
+            torch._foreach_mul_(penalty_grad, grad_scale)
+            task_grads = torch._foreach_sub(task_grads, penalty_grad)
+        torch._foreach_addcmul_(path, task_grads, delta, value=-1.0)
+        torch._foreach_copy_(before, params)
+
+    @torch.no_grad()
+    def importance(
+        self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]
+    ) -> Mapping[str, torch.Tensor]:
+        if not self._params:
+            raise ConfigError("si: after_task was called before before_task")
+        current = [p.detach() for p in self._params]
+        denominator = torch._foreach_sub(current, self._start)
+        torch._foreach_mul_(denominator, denominator)
+        torch._foreach_add_(denominator, self.damping)
+        omega = torch._foreach_div(self._path, denominator)
+        # w < 0 where the parameter's moves raised the task loss on balance (an optimizer
+        # overshoot, noise, the penalty pulling against the task). Negative importance would make
+        # the penalty reward leaving θ* (and QuadraticPenalty takes √max(Ω, 0) anyway): clamp at 0.
+        torch._foreach_clamp_min_(omega, 0.0)
+        return dict(zip(self._names, omega, strict=True))
+
+    def after_task(self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]) -> None:
+        super().after_task(model, task, seen)  # Ω ← Ω + Ω_new, θ* ← θ_t, new penalty
+        assert self.penalty is not None
+        omegas, anchors = self.penalty.omegas, self.penalty.anchors
+        with torch.no_grad():
+            for i, name in enumerate(self._names):
+                self._path[i].zero_()
+                self._start[i] = anchors[name]  # θ_{t−1} of the next task is θ* (the same tensor)
+                root = omegas[name].clamp_min(0).sqrt()
+                self._sqrt_omega[i] = root
+                self._grad_scale[i] = 2 * self.strength * root
+        self._penalised = True
