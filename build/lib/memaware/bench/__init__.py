@@ -1,1 +1,0 @@
-"""Side-by-side speed benchmarks (``memaware bench ...`` and the scripts under ``benchmarks/``)."""

@@ -1,5 +1,0 @@
-"""Loss terms that protect what earlier tasks learned."""
-
-from memaware.penalties.quadratic import QuadraticPenalty
-
-__all__ = ["QuadraticPenalty"]
