@@ -14,7 +14,6 @@ from helpers import small_mlp, small_split_mnist
 from memaware.data.scenarios import Scenario, Task
 from memaware.data.sources import ImageDataset
 from memaware.errors import ConfigError
-from memaware.methods.base import Batch
 from memaware.methods.finetune import Finetune
 from memaware.methods.imm import IMM, load_values, mean_imm, mode_imm
 from memaware.models import MultiHeadClassifier
@@ -228,8 +227,7 @@ def test_l2_transfer_term_and_its_gradient() -> None:
     tasks = [_task(0, 0), _task(1, 1)]
     imm = IMM("mean", strength=strength)
     imm.before_task(model, tasks[0], tasks[:1])
-    batch = Batch(tasks[0].train_x, tasks[0].train_y, 0)
-    assert imm.loss_term(model, batch) is None  # nothing to pull towards on the first task
+    assert imm.penalty is None  # nothing to pull towards on the first task
     previous = _values(model, 1)
     load_values(model, previous)
     imm.after_task(model, tasks[0], tasks[:1])
@@ -238,12 +236,12 @@ def test_l2_transfer_term_and_its_gradient() -> None:
 
     moved = {n: v + torch.randn(v.shape) for n, v in previous.items()}
     load_values(model, moved)
-    term = imm.loss_term(model, batch)
-    assert term is not None
+    assert imm.penalty is not None
+    term = imm.penalty()
     backbone = [n for n in previous if n.startswith("backbone.")]
     expected = strength * sum(((moved[n] - previous[n]) ** 2).sum() for n in backbone)
     torch.testing.assert_close(term, torch.as_tensor(expected))
-    term.backward()  # type: ignore[no-untyped-call]
+    imm.after_backward(model)  # the training step adds the gradient straight to .grad
     for name in backbone:
         grad = model.get_parameter(name).grad
         assert grad is not None
@@ -260,7 +258,11 @@ def test_l2_transfer_term_and_its_gradient() -> None:
     assert imm.penalty is not None and set(imm.penalty.names) == {
         n for n, _ in model.named_parameters()
     }
-    assert IMM(strength=0.0).loss_term(model, batch) is None
+    zero = IMM(strength=0.0)
+    zero.before_task(model, domain[0], domain[:1])
+    zero.after_task(model, domain[0], domain[:1])
+    zero.before_task(model, domain[1], domain)
+    assert zero.penalty is None
 
 
 # --- the real Fisher -----------------------------------------------------------------------------

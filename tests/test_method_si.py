@@ -14,7 +14,7 @@ from memaware.methods.base import Batch
 from memaware.methods.finetune import Finetune
 from memaware.methods.si import SI
 from memaware.models import MultiHeadClassifier, build_model
-from memaware.training import TrainConfig, run_method
+from memaware.training import TrainConfig, run_method, training_step
 
 STRENGTH = 0.7
 LR = 0.2
@@ -70,15 +70,7 @@ def _train_by_hand(
             expected_move[name] = -LR * (g + penalty_grad)
             reference[name] += -g * expected_move[name]
             with_penalty[name] += -(g + penalty_grad) * expected_move[name]
-        # the training loop's step
-        loss = F.cross_entropy(model(batch.x, task.head), batch.y)
-        extra = method.loss_term(model, batch)
-        if extra is not None:
-            loss = loss + extra
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        optimizer.step()
-        method.after_step(model)
+        training_step(model, method, optimizer, batch)  # the training loop's step
         for name, value in _snapshot(model).items():
             torch.testing.assert_close(value - before[name], expected_move[name])
     return reference, with_penalty
@@ -164,7 +156,7 @@ def test_penalty_value_and_gradient_after_first_task() -> None:
     model, method, task = _tiny_model(), SI(strength=STRENGTH), _task(0)
     model.add_head(0, 2)
     method.before_task(model, task, [task])
-    assert method.loss_term(model, Batch(task.train_x, task.train_y, 0)) is None
+    assert method.penalty_value() is None
     _train_by_hand(model, method, task, steps=8)
     method.after_task(model, task, [task])
     assert method.omega is not None and sum(float(o.sum()) for o in method.omega.values()) > 0
@@ -172,7 +164,7 @@ def test_penalty_value_and_gradient_after_first_task() -> None:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    term = method.loss_term(model, Batch(task.train_x, task.train_y, 0))
+    term = method.penalty_value()
     assert term is not None
     params = dict(model.named_parameters())
     expected = sum(
@@ -181,10 +173,12 @@ def test_penalty_value_and_gradient_after_first_task() -> None:
     assert float(term.detach()) > 0
     torch.testing.assert_close(term.detach(), torch.as_tensor(expected))
     grads = torch.autograd.grad(term, list(params.values()))
+    model.zero_grad(set_to_none=True)
+    method.after_backward(model)  # the training step's route: straight into .grad
     for (name, param), grad in zip(params.items(), grads, strict=True):
-        torch.testing.assert_close(
-            grad, 2 * STRENGTH * method.omega[name] * (param.detach() - anchors[name])
-        )
+        expected = 2 * STRENGTH * method.omega[name] * (param.detach() - anchors[name])
+        torch.testing.assert_close(grad, expected)
+        torch.testing.assert_close(param.grad, expected)
 
 
 def test_options_and_misuse() -> None:
@@ -195,7 +189,11 @@ def test_options_and_misuse() -> None:
     with pytest.raises(ConfigError, match="strength"):
         SI(strength=-1.0)
     with pytest.raises(ConfigError, match="before_task"):
-        SI().after_step(_tiny_model())
+        SI().after_backward(_tiny_model())
+    method = SI()
+    method.before_task(model := _tiny_model(), _task(0), [_task(0)])
+    with pytest.raises(ConfigError, match="after_backward"):
+        method.after_step(model)
 
 
 def test_si_forgets_less_than_finetune(mnist: ImageDataset) -> None:

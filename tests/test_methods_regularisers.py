@@ -13,12 +13,13 @@ from memaware.data.scenarios import Scenario, Task
 from memaware.data.sources import ImageDataset
 from memaware.errors import ConfigError
 from memaware.importance import batches, fisher, local_mas
-from memaware.methods.base import Batch, Method
+from memaware.methods.base import Method
 from memaware.methods.ewc import EWC
 from memaware.methods.finetune import Finetune
 from memaware.methods.l2 import L2
 from memaware.methods.lmas import LocalMAS
 from memaware.methods.online_ewc import OnlineEWC
+from memaware.methods.regulariser import QuadraticRegulariser
 from memaware.models import MultiHeadClassifier, build_model
 from memaware.models.multihead import heads_output
 from memaware.training import MethodResult, TrainConfig, run_method
@@ -47,22 +48,21 @@ def _perturb(model: torch.nn.Module, seed: int, scale: float = 0.05) -> None:
             p.add_(scale * torch.randn(p.shape, generator=generator))
 
 
-def _batch(task: Task) -> Batch:
-    return Batch(task.train_x[:4], task.train_y[:4], task.head)
-
-
-def _term_and_grads(
-    method: Method, model: MultiHeadClassifier, task: Task
-) -> tuple[float, Tensors]:
-    """The method's loss term and its gradient for every parameter (zeros where it has none)."""
-    term = method.loss_term(model, _batch(task))
+def _term_and_grads(method: Method, model: MultiHeadClassifier) -> tuple[float, Tensors]:
+    """The method's penalty value and the gradient its training-step hook adds to every parameter
+    (zeros where it adds none), checked against autograd of the value."""
+    assert isinstance(method, EWC | QuadraticRegulariser)
+    term = method.penalty_value()
     assert term is not None
     named = list(model.named_parameters())
-    grads = torch.autograd.grad(term, [p for _, p in named], allow_unused=True)
-    return float(term.detach()), {
-        name: torch.zeros_like(p) if g is None else g
-        for (name, p), g in zip(named, grads, strict=True)
-    }
+    autograd = torch.autograd.grad(term, [p for _, p in named], allow_unused=True)
+    model.zero_grad(set_to_none=True)
+    method.after_backward(model)  # what the training loop does after backward()
+    grads = {name: torch.zeros_like(p) if p.grad is None else p.grad.clone() for name, p in named}
+    model.zero_grad(set_to_none=True)
+    for (name, _), g in zip(named, autograd, strict=True):
+        _close(grads[name], torch.zeros_like(grads[name]) if g is None else g)
+    return float(term.detach()), grads
 
 
 def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
@@ -99,12 +99,12 @@ def test_penalty_is_zero_at_the_anchor_and_grows_once_parameters_move(
     method = METHODS[name]()
     model = _model()
     model.add_head(0, 2)
-    assert method.loss_term(model, _batch(tasks[0])) is None  # nothing to protect yet
+    assert method.penalty_value() is None  # nothing to protect yet
     method.after_task(model, tasks[0], tasks[:1])
-    at_anchor, _ = _term_and_grads(method, model, tasks[0])
+    at_anchor, _ = _term_and_grads(method, model)
     assert abs(at_anchor) < 1e-6
     _perturb(model, seed=1)
-    moved, grads = _term_and_grads(method, model, tasks[0])
+    moved, grads = _term_and_grads(method, model)
     assert moved > 1e-4, f"{name}: the penalty stays {moved} after the parameters moved"
     assert all(float(g.abs().sum()) > 0 for n, g in grads.items() if n.startswith("backbone"))
     assert method.name == name and set(method.scenarios) == {"task", "domain", "class"}
@@ -132,7 +132,7 @@ def test_ewc_gradient_is_the_sum_over_tasks(tasks: tuple[Task, ...]) -> None:
         for n, theta in anchor.items():
             torch.testing.assert_close(theta, snapshots[t][n])
 
-    value, grads = _term_and_grads(method, model, tasks[2])
+    value, grads = _term_and_grads(method, model)
     params = dict(model.named_parameters())
     expected_value = 0.0
     expected = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
@@ -219,7 +219,7 @@ def test_online_ewc_decays_and_sums_the_fishers(tasks: tuple[Task, ...]) -> None
 
     model.add_head(2, 2)
     _perturb(model, seed=40)
-    _, grads = _term_and_grads(method, model, tasks[2])
+    _, grads = _term_and_grads(method, model)
     expected = _quadratic_grad(model, strength, by_hand, latest)
     for n in expected:
         _close(grads[n], expected[n])
@@ -259,7 +259,7 @@ def test_l2_importance_is_one_and_the_anchor_the_previous_task(tasks: tuple[Task
         torch.testing.assert_close(anchor, latest[n])
     model.add_head(2, 2)
     _perturb(model, seed=70)
-    value, grads = _term_and_grads(method, model, tasks[2])
+    value, grads = _term_and_grads(method, model)
     ones = {n: torch.ones_like(v) for n, v in latest.items()}
     expected = _quadratic_grad(model, strength, ones, latest)
     for n in expected:
@@ -300,7 +300,7 @@ def test_lmas_importance_is_local_mas_of_the_task_head(tasks: tuple[Task, ...]) 
     _close(method.omega["heads.1.bias"], 2 * y.mean(0))
 
     _perturb(model, seed=90)
-    _, grads = _term_and_grads(method, model, tasks[1])
+    _, grads = _term_and_grads(method, model)
     expected = _quadratic_grad(model, strength, method.omega, latest)
     for n in expected:
         _close(grads[n], expected[n])

@@ -228,3 +228,53 @@ def test_penalty_from_a_loaded_importance_file(tmp_path) -> None:  # type: ignor
     torch.testing.assert_close(
         penalty().double(), expected_value(omega, anchors, model, 1.0), rtol=1e-5, atol=1e-9
     )
+
+
+def test_add_to_grad_equals_the_loss_term_gradient() -> None:
+    """task.backward(); add_to_grad()  ==  (task + penalty()).backward(), unused parameters included."""
+    model = make_model(14)
+    omega = random_importance(model, skip=("5.bias",))
+    penalty = QuadraticPenalty(model, omega, strength=0.7)
+    perturb(model)
+    x = torch.randn(5, 1, 4, 4)
+
+    def task_loss() -> torch.Tensor:
+        hidden = model[:5](x)  # the last layer is left out, like another task's head
+        return hidden.square().mean()
+
+    (task_loss() + penalty()).backward()
+    expected = {
+        n: p.grad.clone() if p.grad is not None else None for n, p in model.named_parameters()
+    }
+    model.zero_grad(set_to_none=True)
+    task_loss().backward()
+    assert model[5].weight.grad is None
+    penalty.add_to_grad()
+    for name, p in model.named_parameters():
+        if expected[name] is None:
+            assert p.grad is None, name  # not used and not penalised: left alone
+        else:
+            torch.testing.assert_close(p.grad, expected[name], rtol=1e-6, atol=1e-7)
+
+
+def test_add_to_grad_after_dtype_change_and_state_load() -> None:
+    model = make_model(15)
+    omega = random_importance(model)
+    anchors = {n: p.detach().clone() for n, p in model.named_parameters()}
+    penalty = QuadraticPenalty(model, omega, strength=1.5)
+    penalty.add_to_grad()  # fills the cached buffer lists
+    model.double()
+    penalty.double()
+    perturb(model)
+    model.zero_grad(set_to_none=True)
+    penalty.add_to_grad()
+    for name, p in model.named_parameters():
+        expected = 2 * 1.5 * omega[name].double() * (p.detach() - anchors[name].double())
+        torch.testing.assert_close(p.grad, expected)
+    other = QuadraticPenalty(model, {n: 2 * v for n, v in omega.items()}, strength=1.5).double()
+    other.load_state_dict(penalty.state_dict())
+    model.zero_grad(set_to_none=True)
+    other.add_to_grad()
+    for name, p in model.named_parameters():
+        expected = 2 * 1.5 * omega[name].double() * (p.detach() - anchors[name].double())
+        torch.testing.assert_close(p.grad, expected)

@@ -14,7 +14,6 @@ from functools import partial
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
@@ -26,9 +25,14 @@ from memaware.bench.timing import (
     peak_rss_bytes,
     reset_peak_rss,
 )
+from memaware.data.scenarios import Task
 from memaware.importance import batches, mas
-from memaware.models import MLP, SmallCNN
+from memaware.methods.base import Batch, Method
+from memaware.methods.finetune import Finetune
+from memaware.methods.mas import MAS
+from memaware.models import MLP, MultiHeadClassifier, SmallCNN, build_model
 from memaware.penalties import QuadraticPenalty
+from memaware.training import training_step
 
 MLP_SAMPLES, CNN_SAMPLES, BATCH = 2048, 1024, 256
 STEPS = 20  # training steps per timed run of the penalty benchmark
@@ -93,32 +97,55 @@ def max_relative_error(exact: dict[str, torch.Tensor], reference: dict[str, torc
     )
 
 
-def penalty_overhead(model: nn.Module, x: torch.Tensor, repeats: int) -> tuple[float, float, float]:
-    """Seconds per Adam step (batch 128) without and with the MAS penalty, and their ratio.
+def penalty_overhead(x: torch.Tensor, repeats: int) -> dict[str, float]:
+    """Seconds per training step (Adam, batch 128) with and without the MAS penalty, and ratios.
 
-    Runs of 20 steps alternate between the two sides (see :func:`paired`).
+    Both sides run the training loop's own :func:`~memaware.training.training_step` on the same
+    multi-head MLP 784-400-400-10: MAS with its penalty anchored after a first task (so its
+    gradient is added in ``after_backward``) against finetuning (no term). The penalty as an
+    autograd loss term (``loss + penalty()``) is timed too, for comparison. Runs of 20 steps
+    alternate between the sides (see :func:`paired`).
     """
-    omega = mas(model, batches(x, BATCH))
-    penalty = QuadraticPenalty(model, omega, 1.0)
+    torch.manual_seed(0)
+    model = build_model("mlp", (784,), (400, 400))
+    model.add_head(0, 10)
     y = torch.randint(0, 10, (len(x),), generator=torch.Generator().manual_seed(0))
+    task = Task(0, "bench", head=0, n_classes=10, train_x=x, train_y=y, test_x=x, test_y=y)
+    mas_method, finetune = MAS(strength=1.0), Finetune()
+    mas_method.after_task(model, task, [task])
+    assert mas_method.penalty is not None
+    as_loss_term = _PenaltyAsLossTerm(mas_method.penalty)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
 
-    def steps(with_penalty: bool) -> Callable[[], None]:
+    def steps(method: Method) -> Callable[[], None]:
         def run() -> None:
             for i in range(STEPS):
-                index = slice((i * 128) % len(x), (i * 128) % len(x) + 128)
-                loss = F.cross_entropy(model(x[index]), y[index])
-                if with_penalty:
-                    loss = loss + penalty()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[no-untyped-call]
-                optimizer.step()
+                start = (i * 128) % len(x)
+                batch = Batch(x[start : start + 128], y[start : start + 128], 0)
+                training_step(model, method, optimizer, batch)
 
         return run
 
-    penalised, plain, ratio = paired(steps(True), steps(False), 4 * repeats)
-    return plain / STEPS, penalised / STEPS, ratio
+    penalised, plain, ratio = paired(steps(mas_method), steps(finetune), 4 * repeats)
+    _, _, loss_term_ratio = paired(steps(as_loss_term), steps(finetune), 4 * repeats)
+    return {
+        "step_s_plain": plain / STEPS,
+        "step_s_penalty": penalised / STEPS,
+        "penalty_step_overhead": ratio,
+        "penalty_step_overhead_loss_term": loss_term_ratio,
+    }
+
+
+class _PenaltyAsLossTerm(Method):
+    """The same penalty through autograd: ``loss + penalty()`` (the slower route, for comparison)."""
+
+    def __init__(self, penalty: QuadraticPenalty) -> None:
+        self.penalty = penalty
+
+    def loss_term(self, model: MultiHeadClassifier, batch: Batch) -> torch.Tensor | None:
+        value: torch.Tensor = self.penalty()
+        return value
 
 
 def run(repeats: int = 5, memory: bool = True) -> dict[str, Any]:
@@ -145,9 +172,7 @@ def run(repeats: int = 5, memory: bool = True) -> dict[str, Any]:
         errors.append(max_relative_error(dict(exact), loop_importance(model.double(), x.double())))
         model.float()
     out["max_rel_err"] = max(errors)
-    plain, penalised, ratio = penalty_overhead(mlp, x_mlp, repeats)
-    out["step_s_plain"], out["step_s_penalty"] = plain, penalised
-    out["penalty_step_overhead"] = ratio
+    out.update(penalty_overhead(x_mlp, repeats))
     if memory:
         exact_mem = peak_memory_bytes("memaware.bench.importance", "exact")
         batch_mem = peak_memory_bytes("memaware.bench.importance", "batch")

@@ -5,7 +5,8 @@
 * ``memaware compare``: several methods (``all`` = every one that supports the scenario) over
   several seeds, with mean ± std and the paper's Figure 3 style bar chart;
 * ``memaware sweep``: tune a method's strength on a validation split and store it as a preset;
-* ``memaware bench importance``: speed of the importance engine.
+* ``memaware bench importance``: speed of the importance engine;
+  ``memaware bench training``: a whole MAS run against a bare PyTorch script.
 """
 
 from __future__ import annotations
@@ -124,7 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--no-progress", action="store_true")
 
     bench = commands.add_parser("bench", help="speed benchmarks, measured side by side")
-    bench.add_argument("target", choices=("importance",), help="what to benchmark")
+    bench.add_argument(
+        "target",
+        choices=("importance", "training"),
+        help="importance: the importance engine; training: a whole MAS run against a bare script",
+    )
     bench.add_argument(
         "rest", nargs=argparse.REMAINDER, help="options of the benchmark (see its --help)"
     )
@@ -188,9 +193,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "sweep":
             return _sweep(args)
         if args.command == "bench":
-            from memaware.bench.importance import main as bench_importance
+            from memaware.bench import importance, training
 
-            return bench_importance(args.rest)
+            return {"importance": importance.main, "training": training.main}[args.target](
+                args.rest
+            )
     except MemawareError as exc:
         print(f"memaware: error: {exc}", file=sys.stderr)
         return 2

@@ -19,7 +19,8 @@ The per-task sum is evaluated as one quadratic with the same value and gradient:
     c = Σ_s F_s θ*_s² − Ω m²  (a constant ≥ 0; where Ω = 0 the entry has no penalty and m = θ)
 
 so a training step costs one fused :class:`~memaware.penalties.QuadraticPenalty` whatever the
-number of tasks. The per-task Fishers and anchors are kept (:attr:`EWC.fishers`,
+number of tasks (its gradient is added in :meth:`EWC.after_backward`; :meth:`EWC.penalty_value`
+gives the per-task sum's value). The per-task Fishers and anchors are kept (:attr:`EWC.fishers`,
 :attr:`EWC.anchors`) for inspection. A head created after task s has no F_s and is free while
 its task is learned.
 """
@@ -34,7 +35,7 @@ import torch
 from memaware.data.scenarios import SETTINGS, Setting, Task
 from memaware.errors import ConfigError
 from memaware.importance import fisher
-from memaware.methods.base import Batch, Method
+from memaware.methods.base import Method
 from memaware.models.multihead import MultiHeadClassifier, heads_output
 from memaware.penalties import QuadraticPenalty
 
@@ -127,7 +128,12 @@ class EWC(Method):
             "seed": self.seed,
         }
 
-    def loss_term(self, model: MultiHeadClassifier, batch: Batch) -> torch.Tensor | None:
+    def after_backward(self, model: MultiHeadClassifier) -> None:
+        if self.penalty is not None:
+            self.penalty.add_to_grad()
+
+    def penalty_value(self) -> torch.Tensor | None:
+        """λ Σ_s Σ_i F_s,i (θ_i − θ*_s,i)² now (differentiable), ``None`` before the first task ends."""
         if self.penalty is None:
             return None
         value: torch.Tensor = self.penalty() + self.offset

@@ -53,7 +53,7 @@ from torch import nn
 from memaware.data.scenarios import SETTINGS, Setting, Task
 from memaware.errors import ConfigError
 from memaware.importance import batches, fisher
-from memaware.methods.base import Batch, Method
+from memaware.methods.base import Method
 from memaware.models.multihead import MultiHeadClassifier, heads_output
 from memaware.penalties import QuadraticPenalty
 
@@ -226,8 +226,9 @@ class IMM(Method):
             else None
         )
 
-    def loss_term(self, model: MultiHeadClassifier, batch: Batch) -> torch.Tensor | None:
-        return self.penalty() if self.penalty is not None else None
+    def after_backward(self, model: MultiHeadClassifier) -> None:
+        if self.penalty is not None:
+            self.penalty.add_to_grad()
 
     def task_fisher(self, model: MultiHeadClassifier, task: Task) -> Mapping[str, torch.Tensor]:
         """F_t: exact per-sample true Fisher of task ``task``'s head logits on its training inputs."""

@@ -2,7 +2,8 @@
 
 After each task the method measures a per-parameter importance Ω_new (its one job), combines it
 with the past (sum, or a blend), anchors θ* at the current parameters, and while learning the
-next task adds ``λ Σ Ω (θ − θ*)²`` (:class:`~memaware.penalties.QuadraticPenalty`).
+next task adds ``λ Σ Ω (θ − θ*)²`` (:class:`~memaware.penalties.QuadraticPenalty`), applied
+through its gradient 2λΩ(θ − θ*) in :meth:`after_backward`; ``method.penalty()`` gives its value.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from memaware.data.scenarios import Task
 from memaware.errors import ConfigError
 from memaware.importance import accumulate
-from memaware.methods.base import Batch, Method
+from memaware.methods.base import Method
 from memaware.models.multihead import MultiHeadClassifier
 from memaware.penalties import QuadraticPenalty
 
@@ -43,7 +44,12 @@ class QuadraticRegulariser(Method):
         """Ω_new for the task just learned, keyed by parameter name."""
         raise NotImplementedError
 
-    def loss_term(self, model: MultiHeadClassifier, batch: Batch) -> torch.Tensor | None:
+    def after_backward(self, model: MultiHeadClassifier) -> None:
+        if self.penalty is not None:
+            self.penalty.add_to_grad()
+
+    def penalty_value(self) -> torch.Tensor | None:
+        """λ Σ Ω (θ − θ*)² now (differentiable), ``None`` before the first task ends."""
         return self.penalty() if self.penalty is not None else None
 
     def after_task(self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]) -> None:

@@ -13,12 +13,11 @@ task (for the first task, and for a head created later, the values when training
 
 and while learning the next task the loss is  L + c Σ Ω (θ − θ*)²  (c = ``strength``, no ½).
 
-The unregularised gradient costs no second backward pass: the training loop back-propagates
-L + c Σ Ω (θ − θ*)², so after the step ``.grad`` holds g + 2cΩ(θ^(k) − θ*), and the penalty part
-is subtracted in closed form at θ^(k), the parameters before the step (kept from the previous
-step). All per-step work is a handful of fused ``torch._foreach_*`` kernels over the parameters.
-Parameters without a gradient in a step (the heads of other tasks) are not moved by the optimizer
-and add nothing to w.
+The unregularised gradient costs no second backward pass: the training loop back-propagates L
+alone and the penalty's gradient 2cΩ(θ − θ*) is added to ``.grad`` in :meth:`SI.after_backward`,
+so g is copied just before that. All per-step work is a few fused ``torch._foreach_*`` kernels
+over the parameters. Parameters without a task gradient in a step (the heads of other tasks)
+add nothing to w: g = 0 there, even when the penalty moves them.
 
 ξ = 0.1 is Hsu et al.'s setting (GT-RIPL benchmark); Zenke et al. used 1e-3 on their MNIST runs.
 c is not portable between code bases: it depends on the loss scale, the optimizer and the
@@ -55,11 +54,8 @@ class SI(QuadraticRegulariser):
         self._start: list[torch.Tensor] = []  # θ_{t−1}: end of the previous task, or creation
         self._before: list[torch.Tensor] = []  # θ^(k): the parameters before the current step
         self._path: list[torch.Tensor] = []  # w
-        # The penalty's gradient factors, 2c√Ω and √Ω (zero where a parameter is not penalised),
-        # computed like QuadraticPenalty does so that the subtracted gradient matches it exactly.
-        self._sqrt_omega: list[torch.Tensor] = []
-        self._grad_scale: list[torch.Tensor] = []
-        self._penalised = False
+        self._task_grad: list[torch.Tensor] = []  # g of the current step, before the penalty's
+        self._active: list[int] | None = None  # the parameters with a task gradient this step
 
     def options(self) -> dict[str, object]:
         return {"strength": self.strength, "damping": self.damping}
@@ -87,38 +83,36 @@ class SI(QuadraticRegulariser):
             self._start.append(value.clone())
             self._before.append(value.clone())
             self._path.append(torch.zeros_like(value))
-            self._sqrt_omega.append(torch.zeros_like(value))
-            self._grad_scale.append(torch.zeros_like(value))
+            self._task_grad.append(torch.zeros_like(value))
         with torch.no_grad():
             torch._foreach_copy_(self._before, [p.detach() for p in self._params])
 
     @torch.no_grad()
-    def after_step(self, model: MultiHeadClassifier) -> None:
+    def after_backward(self, model: MultiHeadClassifier) -> None:
         if not self._params:
-            raise ConfigError("si: after_step was called before before_task")
+            raise ConfigError("si: after_backward was called before before_task")
         grads = [p.grad for p in self._params]
-        params, before, start, path = self._params, self._before, self._start, self._path
-        sqrt_omega, grad_scale = self._sqrt_omega, self._grad_scale
-        if any(g is None for g in grads):  # other heads: not moved, nothing to add
-            active = [i for i, g in enumerate(grads) if g is not None]
-            if not active:
-                return
-            grads = [grads[i] for i in active]
-            params, before, start, path, sqrt_omega, grad_scale = (
-                [values[i] for i in active]
-                for values in (params, before, start, path, sqrt_omega, grad_scale)
+        self._active = [i for i, g in enumerate(grads) if g is not None]
+        if self._active:
+            torch._foreach_copy_(
+                [self._task_grad[i] for i in self._active],
+                [grads[i] for i in self._active],  # type: ignore[misc]
             )
-        task_grads: list[torch.Tensor] | tuple[torch.Tensor, ...] = grads  # type: ignore[assignment]
-        delta = torch._foreach_sub(params, before)
-        if self._penalised:
-            # .grad = g + 2cΩ(θ^(k) − θ*): rebuild the penalty gradient at θ^(k) as the penalty's
-            # backward computes it, (θ^(k) − θ*)·√Ω·2c√Ω, and take it out.
-            penalty_grad = torch._foreach_sub(before, start)
-            torch._foreach_mul_(penalty_grad, sqrt_omega)
-            torch._foreach_mul_(penalty_grad, grad_scale)
-            task_grads = torch._foreach_sub(task_grads, penalty_grad)
-        torch._foreach_addcmul_(path, task_grads, delta, value=-1.0)
-        torch._foreach_copy_(before, params)
+        super().after_backward(model)  # .grad += 2cΩ(θ − θ*)
+
+    @torch.no_grad()
+    def after_step(self, model: MultiHeadClassifier) -> None:
+        if self._active is None:
+            raise ConfigError("si: after_step was called before after_backward")
+        if self._active:
+            params, before, path, task_grad = (
+                [values[i] for i in self._active]
+                for values in (self._params, self._before, self._path, self._task_grad)
+            )
+            delta = torch._foreach_sub(params, before)
+            torch._foreach_addcmul_(path, task_grad, delta, value=-1.0)
+        torch._foreach_copy_(self._before, [p.detach() for p in self._params])
+        self._active = None
 
     @torch.no_grad()
     def importance(
@@ -140,12 +134,8 @@ class SI(QuadraticRegulariser):
     def after_task(self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]) -> None:
         super().after_task(model, task, seen)  # Ω ← Ω + Ω_new, θ* ← θ_t, new penalty
         assert self.penalty is not None
-        omegas, anchors = self.penalty.omegas, self.penalty.anchors
+        anchors = self.penalty.anchors
         with torch.no_grad():
             for i, name in enumerate(self._names):
                 self._path[i].zero_()
                 self._start[i] = anchors[name]  # θ_{t−1} of the next task is θ* (the same tensor)
-                root = omegas[name].clamp_min(0).sqrt()
-                self._sqrt_omega[i] = root
-                self._grad_scale[i] = 2 * self.strength * root
-        self._penalised = True

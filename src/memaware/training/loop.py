@@ -95,6 +95,21 @@ def evaluate(model: MultiHeadClassifier, task: Task, batch_size: int = 2048) -> 
     return correct / len(task.test_y)
 
 
+def training_step(
+    model: MultiHeadClassifier, method: Method, optimizer: torch.optim.Optimizer, batch: Batch
+) -> None:
+    """One optimizer step on ``batch``: cross-entropy + the method's loss term, its gradient hooks."""
+    loss = task_loss(model, batch.x, batch.y, batch.heads)
+    extra = method.loss_term(model, batch)
+    if extra is not None:
+        loss = loss + extra
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()  # type: ignore[no-untyped-call]
+    method.after_backward(model)
+    optimizer.step()
+    method.after_step(model)
+
+
 def _training_set(tasks: Sequence[Task]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | int]:
     if len(tasks) == 1:
         return tasks[0].train_x, tasks[0].train_y, tasks[0].head
@@ -129,14 +144,7 @@ def train_task(
         order = torch.randperm(len(y), generator=generator)
         for index in torch.split(order, config.batch_size):
             batch = Batch(x[index], y[index], heads if isinstance(heads, int) else heads[index])
-            loss = task_loss(model, batch.x, batch.y, batch.heads)
-            extra = method.loss_term(model, batch)
-            if extra is not None:
-                loss = loss + extra
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
-            method.after_step(model)
+            training_step(model, method, optimizer, batch)
         if progress is not None:
             progress()
 
