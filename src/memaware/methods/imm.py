@@ -52,9 +52,9 @@ from torch import nn
 
 from memaware.data.scenarios import SETTINGS, Setting, Task
 from memaware.errors import ConfigError
-from memaware.importance import batches, fisher
 from memaware.methods.base import Method
-from memaware.models.multihead import MultiHeadClassifier, heads_output
+from memaware.methods.ewc import task_fisher
+from memaware.models.multihead import MultiHeadClassifier
 from memaware.penalties import QuadraticPenalty
 
 Merge = Literal["mean", "mode"]
@@ -232,20 +232,13 @@ class IMM(Method):
 
     def task_fisher(self, model: MultiHeadClassifier, task: Task) -> Mapping[str, torch.Tensor]:
         """F_t: exact per-sample true Fisher of task ``task``'s head logits on its training inputs."""
-        device = next(model.parameters()).device
-        generator = torch.Generator(device=device).manual_seed(self.seed + task.index)
-        data = zip(
-            batches(task.train_x, self.fisher_batch_size),
-            batches(task.train_y, self.fisher_batch_size),
-            strict=True,
-        )
-        return fisher(
+        return task_fisher(
             model,
-            data,
+            task,
             labels="true",
-            outputs=heads_output([task.head]),
+            batch_size=self.fisher_batch_size,
             max_samples=self.fisher_samples,
-            generator=generator,
+            seed=self.seed,
         )
 
     def after_task(self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]) -> None:
