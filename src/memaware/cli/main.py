@@ -5,6 +5,7 @@
 * ``memaware compare``: several methods (``all`` = every one that supports the scenario) over
   several seeds, with mean ± std and the paper's Figure 3 style bar chart;
 * ``memaware sweep``: tune a method's strength on a validation split and store it as a preset;
+  ``memaware presets``: the stored presets as a markdown table;
 * ``memaware bench importance``: speed of the importance engine;
   ``memaware bench training``: a whole MAS run against a bare PyTorch script.
 """
@@ -16,12 +17,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from memaware.configs import PRESET_DIR
+from memaware.configs import PRESET_DIR, load_presets, preset_path
 from memaware.data.benchmarks import BENCHMARKS
 from memaware.data.scenarios import SETTINGS
 from memaware.errors import MemawareError
 from memaware.methods import METHODS
 from memaware.reports import results_table, write_report
+from memaware.reports.markdown import presets_table
 from memaware.training.experiment import ExperimentSpec, default_out_dir, run_experiment
 from memaware.training.loop import TrainConfig
 from memaware.training.sweep import sweep_strength, write_sweep
@@ -122,7 +124,18 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--epochs", type=int, default=4)
     sweep.add_argument("--data-dir", default=None)
     sweep.add_argument("--preset-dir", type=Path, default=None, help="where to write the preset")
+    sweep.add_argument(
+        "--replace",
+        action="store_true",
+        help="forget the values a stored preset tried (default: merge grids of the same protocol)",
+    )
     sweep.add_argument("--no-progress", action="store_true")
+
+    presets = commands.add_parser("presets", help="print the tuned presets as a markdown table")
+    presets.add_argument(
+        "--benchmark", action="append", help="only this benchmark (repeatable; default all)"
+    )
+    presets.add_argument("--preset-dir", type=Path, default=None, help="where presets are read")
 
     bench = commands.add_parser("bench", help="speed benchmarks, measured side by side")
     bench.add_argument(
@@ -171,12 +184,27 @@ def _sweep(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         show_progress=not args.no_progress and sys.stderr.isatty(),
     )
-    path = write_sweep(
-        args.benchmark, args.scenario, args.method, entry, args.preset_dir or PRESET_DIR
+    path, entry = write_sweep(
+        args.benchmark,
+        args.scenario,
+        args.method,
+        entry,
+        args.preset_dir or PRESET_DIR,
+        extend=not args.replace,
     )
     for value, accs in entry["provenance"]["validation_average_accuracy"].items():
         print(f"λ={value:>8}  validation accuracy " + " ".join(f"{a:.4f}" for a in accs))
     print(f"best λ={entry['strength']:g}; preset written to {path}")
+    return 0
+
+
+def _presets(args: argparse.Namespace) -> int:
+    directory = args.preset_dir or PRESET_DIR
+    names = args.benchmark or [b for b in BENCHMARKS if preset_path(b, directory).is_file()]
+    unknown = [b for b in names if b not in BENCHMARKS]
+    if unknown:
+        raise MemawareError(f"unknown benchmark {unknown[0]!r}; known: {', '.join(BENCHMARKS)}")
+    print(presets_table({b: load_presets(b, directory) for b in names}))
     return 0
 
 
@@ -192,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _experiment(args, range(args.seeds), "compare")
         if args.command == "sweep":
             return _sweep(args)
+        if args.command == "presets":
+            return _presets(args)
         if args.command == "bench":
             from memaware.bench import importance, training
 

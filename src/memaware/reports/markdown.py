@@ -175,3 +175,32 @@ def accuracy_matrix_table(matrix: Sequence[Sequence[float]], task_names: Sequenc
         for name, row in zip(names, matrix, strict=True)
     ]
     return _table(header, rows)
+
+
+def presets_table(presets: Mapping[str, Mapping[str, Any]]) -> str:
+    """Markdown table of tuned presets ``{benchmark: {scenario: {method: entry}}}``.
+
+    One row per preset: the chosen strength, the seeds, and the mean validation average accuracy
+    (percent) of every value tried, the chosen one in bold.
+    """
+    lines = [
+        "| benchmark | scenario | method | chosen λ | seeds | mean validation accuracy per λ (%) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for benchmark, scenarios in presets.items():
+        for scenario, methods in scenarios.items():
+            for method, entry in methods.items():
+                provenance = entry.get("provenance", {})
+                tried = provenance.get("validation_average_accuracy", {})
+                chosen = float(entry["strength"])
+                cells = []
+                for value, scores in tried.items():
+                    cell = f"{value}: {100 * sum(scores) / len(scores):.2f}"
+                    cells.append(f"**{cell}**" if float(value) == chosen else cell)
+                seeds = provenance.get("seeds", [])
+                lines.append(
+                    f"| {benchmark} | {scenario} | {method} | {chosen:g} | {len(seeds)} | "
+                    + "; ".join(cells)
+                    + " |"
+                )
+    return "\n".join(lines)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from memaware import __version__
-from memaware.configs import PRESET_DIR, save_preset
+from memaware.configs import PRESET_DIR, preset, save_preset
 from memaware.data.benchmarks import make_scenario
 from memaware.data.scenarios import with_validation
 from memaware.errors import ConfigError
@@ -78,7 +78,41 @@ def sweep_strength(
 
 
 def write_sweep(
-    benchmark: str, scenario: str, method: str, entry: dict[str, Any], directory: Path = PRESET_DIR
-) -> Path:
-    """Store the sweep's result as the preset of ``method`` on ``benchmark``/``scenario``."""
-    return save_preset(benchmark, scenario, method, entry, directory)
+    benchmark: str,
+    scenario: str,
+    method: str,
+    entry: dict[str, Any],
+    directory: Path = PRESET_DIR,
+    *,
+    extend: bool = True,
+) -> tuple[Path, dict[str, Any]]:
+    """Store the sweep's result as the preset of ``method`` on ``benchmark``/``scenario``.
+
+    With ``extend``, a stored preset tuned under the same protocol (criterion, validation split,
+    seeds, training budget, model) keeps the values it tried: the grids are merged (the new
+    sweep's scores win for a value tried twice) and the best value over both is chosen. Returns
+    the file and the entry written.
+    """
+    old = preset(benchmark, scenario, method, directory) if extend else None
+    merged = merge_sweeps(old, entry)
+    return save_preset(benchmark, scenario, method, merged, directory), merged
+
+
+PROTOCOL_KEYS = ("criterion", "validation", "seeds", "train", "hidden")
+
+
+def merge_sweeps(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """``new`` extended with the values ``old`` tried, when both ran the same protocol."""
+    if old is None or "provenance" not in old:
+        return new
+    before, after = old["provenance"], new["provenance"]
+    if any(before.get(key) != after.get(key) for key in PROTOCOL_KEYS):
+        return new
+    scores = {**before["validation_average_accuracy"], **after["validation_average_accuracy"]}
+    scores = dict(sorted(scores.items(), key=lambda item: float(item[0])))
+    best = max(scores, key=lambda value: statistics.fmean(scores[value]))
+    dates = [*before.get("extends", []), before.get("date")]
+    return {
+        "strength": float(best),
+        "provenance": {**after, "validation_average_accuracy": scores, "extends": dates},
+    }

@@ -1,0 +1,72 @@
+"""memaware sweep: tuning on a validation split, presets with provenance, grids merged by protocol."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from memaware.cli.main import main
+from memaware.training.sweep import merge_sweeps
+
+
+def _entry(scores: dict[str, list[float]], date: str, seeds: list[int] | None = None) -> dict:
+    best = max(scores, key=lambda v: sum(scores[v]) / len(scores[v]))
+    return {
+        "strength": float(best),
+        "provenance": {
+            "criterion": "mean validation average accuracy over seeds",
+            "validation": "stratified 0.1 of each task's training data (seed 0)",
+            "seeds": seeds or [0, 1],
+            "train": {"epochs": 4},
+            "hidden": [400, 400],
+            "validation_average_accuracy": scores,
+            "date": date,
+        },
+    }
+
+
+def test_merge_extends_a_grid_of_the_same_protocol() -> None:
+    old = _entry({"1": [0.5, 0.6], "10": [0.7, 0.7]}, "2026-11-27")
+    new = _entry({"100": [0.8, 0.9], "10": [0.6, 0.6]}, "2026-11-28")
+    merged = merge_sweeps(old, new)
+    scores = merged["provenance"]["validation_average_accuracy"]
+    assert list(scores) == ["1", "10", "100"]  # numeric order
+    assert scores["10"] == [0.6, 0.6]  # the newer run of a value wins
+    assert merged["strength"] == 100.0
+    assert merged["provenance"]["extends"] == ["2026-11-27"]
+    assert merged["provenance"]["date"] == "2026-11-28"
+    # an earlier, better value stays the choice after an extension that finds nothing better
+    worse = _entry({"1000": [0.1, 0.1]}, "2026-11-29")
+    again = merge_sweeps(merged, worse)
+    assert again["strength"] == 100.0 and again["provenance"]["extends"] == [
+        "2026-11-27",
+        "2026-11-28",
+    ]
+
+
+def test_merge_refuses_a_different_protocol() -> None:
+    old = _entry({"1": [0.99, 0.99]}, "2026-11-27", seeds=[0, 1, 2])
+    new = _entry({"10": [0.5, 0.5]}, "2026-11-28")
+    assert merge_sweeps(old, new) == new
+    assert merge_sweeps(None, new) == new
+
+
+def test_sweep_command_writes_and_extends_a_preset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    common = ["sweep", "--benchmark", "split-mnist", "--scenario", "task", "--method", "l2"]
+    common += ["--seeds", "1", "--epochs", "1", "--preset-dir", str(tmp_path), "--no-progress"]
+    assert main([*common, "--values", "0,0.001"]) == 0
+    assert main([*common, "--values", "0.01"]) == 0
+    entry = json.loads((tmp_path / "split-mnist.json").read_text())["task"]["l2"]
+    scores = entry["provenance"]["validation_average_accuracy"]
+    assert set(scores) == {"0", "0.001", "0.01"}
+    assert all(len(v) == 1 and 0.5 < v[0] <= 1.0 for v in scores.values())
+    assert entry["strength"] == max((float(v) for v in scores), key=lambda v: scores[f"{v:g}"][0])
+    capsys.readouterr()
+    assert main(["presets", "--preset-dir", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "| split-mnist | task | l2 |" in table and "0.001:" in table
+    assert main(["presets", "--benchmark", "cifar"]) == 2
