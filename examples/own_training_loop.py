@@ -29,10 +29,10 @@ def main(n_train: int = 4000, epochs: int = 2, strength: float = 1.0) -> list[fl
         for _ in range(epochs):
             for index in torch.randperm(len(y)).split(128):
                 loss = F.cross_entropy(heads[t](body(x[index])), y[index])
-                if penalty is not None:
-                    loss = loss + penalty()  # λ Σ Ω (θ − θ*)², an ordinary loss term
                 optimizer.zero_grad()
                 loss.backward()
+                if penalty is not None:
+                    penalty.add_to_grad()  # .grad += 2λΩ(θ − θ*), the gradient of λ Σ Ω (θ − θ*)²
                 optimizer.step()
         # Ω from unlabelled inputs of the task just learned, F = the logits of this task's head
         new = mas(model, batches(x, 256), outputs=lambda m, inputs, t=t: heads[t](body(inputs)))

@@ -157,7 +157,7 @@ def run(repeats: int = 5, memory: bool = True) -> dict[str, Any]:
         exact_t, batch_t, ratio = paired(
             partial(mas, model, batches(x, BATCH)),
             partial(mas, model, batches(x, BATCH), granularity="batch"),
-            3 * repeats,
+            6 * repeats,
         )
         out[f"exact_s_{label}"], out[f"batch_s_{label}"] = exact_t, batch_t
         out[f"exact_over_batch_{label}"] = ratio

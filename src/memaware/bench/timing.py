@@ -27,16 +27,21 @@ def paired(
 ) -> tuple[float, float, float]:
     """Median times of two functions run alternately, and the median of their paired ratios.
 
-    Each round times ``numerator`` then ``denominator`` back to back, so a shared machine's
-    drifts hit both sides of a ratio alike; the median of per-round ratios discards the rounds
+    Each round times both functions back to back, so a shared machine's drifts hit both sides
+    of a ratio alike, and which one goes first alternates between rounds, so that neither
+    always finds the caches the other left; the median of per-round ratios discards the rounds
     a burst of load spoiled. Returns (median numerator s, median denominator s, ratio).
     """
     numerator()
     denominator()
     tops, bottoms = [], []
-    for _ in range(repeats):
-        tops.append(median_time(numerator, repeats=1, warmup=0))
-        bottoms.append(median_time(denominator, repeats=1, warmup=0))
+    for round_ in range(repeats):
+        if round_ % 2 == 0:
+            tops.append(median_time(numerator, repeats=1, warmup=0))
+            bottoms.append(median_time(denominator, repeats=1, warmup=0))
+        else:
+            bottoms.append(median_time(denominator, repeats=1, warmup=0))
+            tops.append(median_time(numerator, repeats=1, warmup=0))
     ratio = statistics.median(t / b for t, b in zip(tops, bottoms, strict=True))
     return statistics.median(tops), statistics.median(bottoms), ratio
 
