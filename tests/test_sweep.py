@@ -70,3 +70,31 @@ def test_sweep_command_writes_and_extends_a_preset(
     table = capsys.readouterr().out
     assert "| split-mnist | task | l2 |" in table and "0.001:" in table
     assert main(["presets", "--benchmark", "cifar"]) == 2
+
+
+def test_shipped_presets_are_consistent_with_their_provenance() -> None:
+    """Every preset in the package names a known benchmark, scenario and method, and its strength
+    is the best mean validation score its own recorded sweep found (no hand-edited values)."""
+    from memaware.configs import PRESET_DIR, load_presets
+    from memaware.data.benchmarks import BENCHMARKS
+    from memaware.methods import methods_for
+
+    files = sorted(PRESET_DIR.glob("*.json"))
+    assert files, "no presets shipped"
+    for path in files:
+        benchmark = path.stem
+        assert benchmark in BENCHMARKS, path
+        for scenario, methods in load_presets(benchmark).items():
+            for method, entry in methods.items():
+                assert method in methods_for(scenario), (benchmark, scenario, method)
+                provenance = entry["provenance"]
+                assert provenance["tuned_by"] == "memaware sweep"
+                assert "validation" in provenance and provenance["seeds"]
+                scores = provenance["validation_average_accuracy"]
+                assert all(len(v) == len(provenance["seeds"]) for v in scores.values())
+                means = {float(v): sum(s) / len(s) for v, s in scores.items()}
+                assert entry["strength"] == max(means, key=lambda v: means[v]), (
+                    benchmark,
+                    scenario,
+                    method,
+                )
