@@ -23,6 +23,7 @@ from memaware.bench.timing import (
     paired,
     peak_memory_bytes,
     peak_rss_bytes,
+    print_figures,
     reset_peak_rss,
 )
 from memaware.data.scenarios import Task
@@ -202,11 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         _peak_memory_child(args.peak_memory)
         return 0
     result = run(args.repeats, memory=not args.no_memory)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        for key, value in result.items():
-            print(f"{key:32s} {value:.4g}" if isinstance(value, float) else f"{key:32s} {value}")
+    print_figures(result, as_json=args.json)
     return 0
 
 

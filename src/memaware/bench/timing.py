@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 
 def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
@@ -44,6 +45,17 @@ def paired(
             tops.append(median_time(numerator, repeats=1, warmup=0))
     ratio = statistics.median(t / b for t, b in zip(tops, bottoms, strict=True))
     return statistics.median(tops), statistics.median(bottoms), ratio
+
+
+def print_figures(figures: dict[str, Any], as_json: bool) -> None:
+    """Print a benchmark's figures: one JSON object, or one aligned ``name value`` line each."""
+    if as_json:
+        print(json.dumps(figures, indent=2))
+        return
+    width = max(map(len, figures), default=0) + 2
+    for key, value in figures.items():
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        print(f"{key:{width}s}{shown}")
 
 
 def peak_memory_bytes(module: str, variant: str) -> int:

@@ -17,7 +17,6 @@ Run: ``memaware bench training [--json] [--epochs E] [--repeats R]``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -28,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memaware.bench.timing import paired
+from memaware.bench.timing import paired, print_figures
 from memaware.data.scenarios import Scenario, split_scenario
 from memaware.data.sources import load_mnist
 from memaware.methods.mas import MAS
@@ -153,11 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strength", type=float, default=0.1, help="λ (the Split-MNIST preset)")
     args = parser.parse_args(argv)
     result = run(args.epochs, args.repeats, args.strength)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        for key, value in result.items():
-            print(f"{key:28s} {value:.4g}" if isinstance(value, float) else f"{key:28s} {value}")
+    print_figures(result, as_json=args.json)
     return 0
 
 
