@@ -35,14 +35,12 @@ def paired(
     """
     numerator()
     denominator()
-    tops, bottoms = [], []
+    tops: list[float] = []
+    bottoms: list[float] = []
+    sides = [(numerator, tops), (denominator, bottoms)]
     for round_ in range(repeats):
-        if round_ % 2 == 0:
-            tops.append(median_time(numerator, repeats=1, warmup=0))
-            bottoms.append(median_time(denominator, repeats=1, warmup=0))
-        else:
-            bottoms.append(median_time(denominator, repeats=1, warmup=0))
-            tops.append(median_time(numerator, repeats=1, warmup=0))
+        for fn, times in sides if round_ % 2 == 0 else sides[::-1]:
+            times.append(median_time(fn, repeats=1, warmup=0))
     ratio = statistics.median(t / b for t, b in zip(tops, bottoms, strict=True))
     return statistics.median(tops), statistics.median(bottoms), ratio
 

@@ -30,11 +30,11 @@ from torch import nn
 from memaware.bench.timing import paired, print_figures
 from memaware.data.scenarios import Scenario, split_scenario
 from memaware.data.sources import load_mnist
-from memaware.methods.mas import MAS
+from memaware.methods.mas import MAS, MASOptions
 from memaware.models import build_model
 from memaware.training import TrainConfig, run_method
 
-IMPORTANCE_BATCH = 200  # the authors' batch size for Ω, also MAS's default
+IMPORTANCE_BATCH = MASOptions.importance_batch_size  # the authors' batch size for Ω
 
 
 def bare_mas_run(

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from memaware.configs import PRESET_DIR, load_presets, preset_path
-from memaware.data.benchmarks import BENCHMARKS
+from memaware.data.benchmarks import BENCHMARKS, check_benchmark
 from memaware.data.scenarios import SETTINGS
 from memaware.errors import MemawareError
 from memaware.methods import METHODS
@@ -201,9 +201,8 @@ def _sweep(args: argparse.Namespace) -> int:
 def _presets(args: argparse.Namespace) -> int:
     directory = args.preset_dir or PRESET_DIR
     names = args.benchmark or [b for b in BENCHMARKS if preset_path(b, directory).is_file()]
-    unknown = [b for b in names if b not in BENCHMARKS]
-    if unknown:
-        raise MemawareError(f"unknown benchmark {unknown[0]!r}; known: {', '.join(BENCHMARKS)}")
+    for name in names:
+        check_benchmark(name)
     print(presets_table({b: load_presets(b, directory) for b in names}))
     return 0
 

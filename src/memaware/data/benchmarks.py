@@ -55,6 +55,14 @@ BENCHMARKS: dict[str, Callable[..., Scenario]] = {
 }
 
 
+def check_benchmark(benchmark: str) -> None:
+    """Raise :class:`ConfigError` unless ``benchmark`` is one of :data:`BENCHMARKS`."""
+    if benchmark not in BENCHMARKS:
+        raise ConfigError(
+            f"unknown benchmark {benchmark!r}; known benchmarks: {', '.join(BENCHMARKS)}"
+        )
+
+
 def make_scenario(
     benchmark: str,
     setting: str = "task",
@@ -70,8 +78,5 @@ def make_scenario(
     also draws the train/test split of Animal-MNIST in ``mnist-fashion-animal``, which takes no
     ``data_dir`` (it reads three datasets, and a data folder names one).
     """
-    if benchmark not in BENCHMARKS:
-        raise ConfigError(
-            f"unknown benchmark {benchmark!r}; known benchmarks: {', '.join(BENCHMARKS)}"
-        )
+    check_benchmark(benchmark)
     return BENCHMARKS[benchmark](setting, data_dir, download, seed, n_tasks)

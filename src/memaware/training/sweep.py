@@ -59,10 +59,8 @@ def sweep_strength(
                 label=f"{method} λ={value:g} seed {seed}",
             )
             scores.setdefault(f"{value:g}", []).append(result.accuracy.average_accuracy())
-    means = {value: statistics.fmean(accs) for value, accs in scores.items()}
-    best = max(means, key=lambda v: means[v])
     return {
-        "strength": float(best),
+        "strength": best_strength(scores),
         "provenance": {
             "tuned_by": "memaware sweep",
             "criterion": "mean validation average accuracy over seeds",
@@ -75,6 +73,11 @@ def sweep_strength(
             "date": time.strftime("%Y-%m-%d"),
         },
     }
+
+
+def best_strength(scores: dict[str, list[float]]) -> float:
+    """The value with the best mean validation score (the sweep's criterion)."""
+    return float(max(scores, key=lambda value: statistics.fmean(scores[value])))
 
 
 def write_sweep(
@@ -110,9 +113,8 @@ def merge_sweeps(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, A
         return new
     scores = {**before["validation_average_accuracy"], **after["validation_average_accuracy"]}
     scores = dict(sorted(scores.items(), key=lambda item: float(item[0])))
-    best = max(scores, key=lambda value: statistics.fmean(scores[value]))
     dates = [*before.get("extends", []), before.get("date")]
     return {
-        "strength": float(best),
+        "strength": best_strength(scores),
         "provenance": {**after, "validation_average_accuracy": scores, "extends": dates},
     }
