@@ -1,18 +1,18 @@
 """Forward hooks that record, for every module owning trainable parameters, each call's inputs and output.
 
 For gradients, the output is kept as its autograd *gradient edge* (the slot of the node that
-produced it), not as a tensor: ``torch.autograd.grad(loss, edges)`` then gives every layer's
-output gradient δ without computing any parameter gradient, exactly even when later in-place
-operations (``ReLU(inplace=True)``) rewrite the tensor, and without keeping outputs alive that
-the backward pass itself would have freed.
+produced it), not as a tensor, and a hook on the output hands its gradient δ to a callback the
+moment the backward pass produces it. Both refer to the output as it was when the module
+returned, so δ stays exact when later in-place operations (``ReLU(inplace=True)``) rewrite the
+tensor, and no output is kept alive that the backward pass itself would have freed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -52,12 +52,20 @@ def owners(model: nn.Module) -> list[OwnedParameters]:
     return found
 
 
+# Called with (owner, index of the call, δ) when the backward pass reaches a recorded output.
+GradientCallback = Callable[[OwnedParameters, int, torch.Tensor], None]
+
+
 @contextmanager
-def recording(owned: list[OwnedParameters], keep: Literal["edge", "value"]) -> Iterator[None]:
+def recording(
+    owned: list[OwnedParameters], on_gradient: GradientCallback | None = None
+) -> Iterator[None]:
     """Record the calls of ``owned`` modules while the block runs.
 
-    ``keep="edge"`` records the output's gradient edge (for a backward pass); ``"value"`` a copy
-    of the output (for forward-only rules, safe from later in-place changes).
+    With ``on_gradient``, each call keeps its output's gradient edge (for a backward pass) and a
+    hook calls ``on_gradient`` with the output's gradient whenever a backward pass computes it;
+    without, each call keeps a copy of its output (for forward-only rules, safe from later
+    in-place changes).
     """
 
     def make_hook(entry: OwnedParameters) -> Any:
@@ -71,12 +79,16 @@ def recording(owned: list[OwnedParameters], keep: Literal["edge", "value"]) -> I
                 )
             detached = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
             named = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
-            if keep == "edge":
-                if output.grad_fn is None:
-                    return  # no graph (frozen inputs and parameters): nothing to measure here
-                entry.calls.append(Call(detached, named, edge=get_gradient_edge(output)))
-            else:
+            if on_gradient is None:
                 entry.calls.append(Call(detached, named, value=output.detach().clone()))
+                return
+            if output.grad_fn is None:
+                return  # no graph (frozen inputs and parameters): nothing to measure here
+            index = len(entry.calls)
+            entry.calls.append(Call(detached, named, edge=get_gradient_edge(output)))
+            output.register_hook(  # type: ignore[no-untyped-call]
+                lambda delta: on_gradient(entry, index, delta)
+            )
 
         return hook
 

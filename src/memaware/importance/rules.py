@@ -102,9 +102,10 @@ def linear_rule(
     return out
 
 
-# Measured on CPU (3×3 kernels, 256 samples): unfold + batched matmul is within 10 % of the batched
-# weight gradient for a small fan-in (3 input channels) but 3-4× slower for 32; a grouped
-# weight-gradient convolution is the reverse, and fastest with a few dozen samples per call.
+# Measured on CPU (3×3 kernels, 256 samples): for a small fan-in (3 input channels) copying each
+# output position's receptive field out of a strided view of the padded input and contracting it
+# with δ sample by sample (a batched matmul) is within 10 % of the batched weight gradient; for 32
+# input channels a grouped weight-gradient convolution is as fast, and it needs no copy of the input.
 UNFOLD_MAX_FAN_IN = 64
 GROUPED_MAX_SAMPLES = 32
 
@@ -115,11 +116,12 @@ def conv_rule(
 ) -> dict[str, torch.Tensor] | None:
     """Per-sample weight gradients ``g_k[o, c, i] = Σ_l δ_k[o, l] · x_k[c, l + i]``, in chunks of samples.
 
-    Two exact ways, picked by the fan-in C/G·k of an output channel: for a small one, ``unfold``
-    the inputs and contract them with δ sample by sample (a batched matmul); otherwise lay m
-    samples side by side as one image with m·C channels and ``groups = m·G``, so that the
-    library's weight-gradient convolution returns all m per-sample gradients at once. Returns
-    ``None`` (→ fallback) for string padding or a padding mode other than zeros.
+    Two exact ways, picked by the fan-in C/G·k of an output channel: for a small one, copy every
+    output position's receptive field (``unfold``) and contract it with δ sample by sample (a
+    batched matmul); otherwise lay m samples side by side as one image with m·C channels and
+    ``groups = m·G``, so that the library's weight-gradient convolution returns all m per-sample
+    gradients at once. Returns ``None`` (→ fallback) for string padding or a padding mode other
+    than zeros.
     """
     if isinstance(module.padding, str) or module.padding_mode != "zeros":
         return None
@@ -129,41 +131,48 @@ def conv_rule(
     if _wants_weight(module):
         fan_in = module.weight[0].numel()
         if fan_in <= UNFOLD_MAX_FAN_IN:
-            per_sample_grads, budget = (
-                _unfolded,
-                module.weight.numel() + fan_in * delta[0, 0].numel(),
-            )
-            parts = chunks(n, budget)
+            per_sample_chunks = _unfolded(module, x, delta)
         else:
-            per_sample_grads = _grouped
-            parts = chunks(n, max(module.weight.numel(), CHUNK_ELEMENTS // GROUPED_MAX_SAMPLES))
+            per_sample_chunks = _grouped(module, x, delta)
         weight = torch.zeros_like(module.weight)
-        for part in parts:
-            per_sample = per_sample_grads(module, x[part], delta[part])
-            weight += f(per_sample, out=per_sample).sum(0)
+        for per_sample in per_sample_chunks:
+            weight += f(per_sample, out=per_sample).sum(0).reshape(weight.shape)
         out["weight"] = weight
     _with_bias(module, out, lambda: f(delta.reshape(n, module.out_channels, -1).sum(-1)).sum(0))
     return out
 
 
-def _grouped(module: nn.Conv1d | nn.Conv2d, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """(m, *weight.shape) per-sample gradients from one grouped weight-gradient convolution."""
-    m = x.shape[0]
+def _grouped(
+    module: nn.Conv1d | nn.Conv2d, x: torch.Tensor, delta: torch.Tensor
+) -> Iterator[torch.Tensor]:
+    """(m, *weight.shape) per-sample gradients of m samples at a time, each chunk from one grouped
+    weight-gradient convolution."""
     weight_grad = conv2d_weight if isinstance(module, nn.Conv2d) else conv1d_weight
-    per_sample: torch.Tensor = weight_grad(  # type: ignore[no-untyped-call]
-        x.reshape(1, m * module.in_channels, *x.shape[2:]),
-        (m * module.out_channels, *module.weight.shape[1:]),
-        delta.reshape(1, m * module.out_channels, *delta.shape[2:]),
-        stride=module.stride,
-        padding=module.padding,
-        dilation=module.dilation,
-        groups=m * module.groups,
-    )
-    return per_sample.reshape(m, *module.weight.shape)
+    budget = max(module.weight.numel(), CHUNK_ELEMENTS // GROUPED_MAX_SAMPLES)
+    for part in chunks(x.shape[0], budget):
+        xs, ds = x[part], delta[part]
+        m = xs.shape[0]
+        per_sample: torch.Tensor = weight_grad(  # type: ignore[no-untyped-call]
+            xs.reshape(1, m * module.in_channels, *xs.shape[2:]),
+            (m * module.out_channels, *module.weight.shape[1:]),
+            ds.reshape(1, m * module.out_channels, *ds.shape[2:]),
+            stride=module.stride,
+            padding=module.padding,
+            dilation=module.dilation,
+            groups=m * module.groups,
+        )
+        yield per_sample.reshape(m, *module.weight.shape)
 
 
-def _unfolded(module: nn.Conv1d | nn.Conv2d, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """(m, *weight.shape) per-sample gradients as δ_k · unfold(x_k)ᵀ per group (batched matmul)."""
+def _unfolded(
+    module: nn.Conv1d | nn.Conv2d, x: torch.Tensor, delta: torch.Tensor
+) -> Iterator[torch.Tensor]:
+    """Per-sample gradients of m samples at a time, shaped (m, G, O/G, C/G·∏k), as δ_k · P_kᵀ per group.
+
+    P_k (C/G·∏k × positions) holds sample k's receptive fields, copied from a strided view of
+    the zero-padded input into one buffer reused by every chunk (``F.unfold`` is several times
+    slower on CPU and allocates each time).
+    """
     assert not isinstance(module.padding, str)  # conv_rule sends string padding to the fallback
     kernel, dilation = tuple(module.kernel_size), tuple(module.dilation)
     padding, stride = tuple(module.padding), tuple(module.stride)
@@ -175,11 +184,25 @@ def _unfolded(module: nn.Conv1d | nn.Conv2d, x: torch.Tensor, delta: torch.Tenso
             (0, *padding),
             (1, *stride),
         )
-    m, groups = x.shape[0], module.groups
-    cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
-    cols = cols.reshape(m * groups, -1, cols.shape[-1])
-    d = delta.reshape(m * groups, module.out_channels // groups, -1)
-    return torch.bmm(d, cols.transpose(1, 2)).reshape(m, *module.weight.shape)
+    n, channels = x.shape[:2]
+    groups, out_per_group = module.groups, module.out_channels // module.groups
+    out_h, out_w = delta.shape[-2:]
+    padded = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
+    s_n, s_c, s_h, s_w = padded.stride()
+    fields = padded.as_strided(
+        (n, channels, *kernel, out_h, out_w),
+        (s_n, s_c, dilation[0] * s_h, dilation[1] * s_w, stride[0] * s_h, stride[1] * s_w),
+    )
+    fan_in, positions = channels // groups * kernel[0] * kernel[1], out_h * out_w
+    parts = list(chunks(n, groups * fan_in * positions + module.weight.numel()))
+    buffer = x.new_empty(parts[0].stop if parts else 0, channels, *kernel, out_h, out_w)
+    for part in parts:
+        m = part.stop - part.start
+        patches = buffer[:m]
+        patches.copy_(fields[part])
+        d = delta[part].reshape(m * groups, out_per_group, positions)
+        per_sample = torch.bmm(patches.view(m * groups, fan_in, positions), d.transpose(1, 2))
+        yield per_sample.view(m, groups, fan_in, out_per_group).transpose(2, 3)
 
 
 @register_rule(nn.Embedding)
