@@ -245,6 +245,25 @@ def test_conv1d_depthwise_no_bias_float32(
     check_mas(model, torch.randn(16, 4, 19))
 
 
+@pytest.mark.parametrize("unfold_max_fan_in", [0, 10**6])
+@pytest.mark.parametrize("chunk_elements", [1, 150, 2000])
+def test_conv_paths_in_several_chunks(
+    monkeypatch: pytest.MonkeyPatch, unfold_max_fan_in: int, chunk_elements: int
+) -> None:
+    """Per-sample gradients materialised a few samples at a time (a ragged last chunk included)."""
+    monkeypatch.setattr(rules_module, "UNFOLD_MAX_FAN_IN", unfold_max_fan_in)
+    monkeypatch.setattr(rules_module, "CHUNK_ELEMENTS", chunk_elements)
+    seeded(46)
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1, groups=2),
+        nn.ReLU(),
+        nn.Conv2d(4, 3, 2, stride=2),
+        nn.Flatten(),
+        nn.Linear(3 * 3 * 3, 2),
+    ).double()
+    check_mas(model, torch.randn(7, 2, 6, 6, dtype=torch.float64), tol=TOL64)
+
+
 @pytest.fixture
 def fallback_spy(monkeypatch: pytest.MonkeyPatch) -> list[type[nn.Module]]:
     """Records the module type of every call of the fallback rule made by the exact engine."""
@@ -527,6 +546,66 @@ def test_shared_conv_called_twice_float64() -> None:
             return self.conv(torch.relu(self.conv(x)))
 
     check_mas(TwiceConv().double(), torch.randn(4, 3, 5, 5, dtype=torch.float64), tol=TOL64)
+
+
+class TwoBranches(nn.Module):
+    """Two parallel branches of different depth merged before a shared head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.left = nn.Linear(5, 6)
+        self.right_in = nn.Linear(5, 6)
+        self.right_out = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        right = self.right_out(torch.tanh(self.right_in(x)))
+        return self.head(torch.relu(self.left(x) + right))
+
+
+def test_branching_graph_is_exact_and_targets_only_the_deepest_layers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seeded(44)
+    model = TwoBranches()
+    check_mas(model, torch.randn(11, 5), batch_size=4)
+    # The backward pass is asked only for the outputs with no recorded output below them; every
+    # other layer's δ reaches its rule through the hooks on the way down.
+    targets: list[list[object]] = []
+    deepest = exact_module._deepest
+    monkeypatch.setattr(
+        exact_module, "_deepest", lambda edges: targets.append(deepest(edges)) or targets[-1]
+    )
+    mas(model, [torch.randn(3, 5)])
+    (edges,) = targets
+    assert {edge.node.name() for edge in edges} == {"AddmmBackward0"}
+    assert len(edges) == 2  # left and right_in: the bottoms of the two branches
+
+
+def test_rules_run_during_the_backward_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each layer's δ is used as soon as it exists: the upper layers' rules run before the
+    backward pass has produced the deepest layer's δ."""
+    seeded(45)
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 5), nn.ReLU(), nn.Linear(5, 2))
+    order: list[str] = []
+    linear = rules_module.RULES[nn.Linear]
+
+    def spy(module: nn.Module, *args: object) -> object:
+        order.append(f"rule {module.out_features}")
+        return linear(module, *args)  # type: ignore[arg-type]
+
+    grad = torch.autograd.grad
+
+    def spied_grad(*args: object, **kwargs: object) -> object:
+        order.append("pass starts")
+        result = grad(*args, **kwargs)  # type: ignore[arg-type]
+        order.append("pass ends")
+        return result
+
+    monkeypatch.setitem(rules_module.RULES, nn.Linear, spy)
+    monkeypatch.setattr(exact_module.torch.autograd, "grad", spied_grad)
+    mas(model, [torch.randn(6, 4)])
+    assert order == ["pass starts", "rule 2", "rule 5", "rule 5", "pass ends"]
 
 
 def test_module_called_twice_with_one_call_unused() -> None:
