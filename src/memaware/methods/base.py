@@ -21,6 +21,7 @@ import torch
 
 from memaware.data.scenarios import SETTINGS, Setting, Task
 from memaware.models.multihead import MultiHeadClassifier
+from memaware.penalties import QuadraticPenalty
 
 
 @dataclass(frozen=True)
@@ -71,3 +72,16 @@ class Method:
     def options(self) -> dict[str, object]:
         """The method's settings, for the report."""
         return {}
+
+
+class Penalised(Method):
+    """A method that anchors the parameters with a :class:`QuadraticPenalty` once a task ends.
+
+    ``penalty`` is ``None`` until then; :meth:`after_backward` adds its gradient to ``.grad``.
+    """
+
+    penalty: QuadraticPenalty | None = None
+
+    def after_backward(self, model: MultiHeadClassifier) -> None:
+        if self.penalty is not None:
+            self.penalty.add_to_grad()

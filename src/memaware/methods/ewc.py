@@ -35,7 +35,7 @@ import torch
 from memaware.data.scenarios import SETTINGS, Setting, Task
 from memaware.errors import ConfigError
 from memaware.importance import fisher
-from memaware.methods.base import Method
+from memaware.methods.base import Penalised
 from memaware.models.multihead import MultiHeadClassifier, heads_output
 from memaware.penalties import QuadraticPenalty
 
@@ -90,7 +90,7 @@ def task_fisher(
     return {name: value.detach() for name, value in estimate.items()}
 
 
-class EWC(Method):
+class EWC(Penalised):
     """EWC with exact per-sample Fisher, a separate F_t and θ*_t for every task learned."""
 
     name: ClassVar[str] = "ewc"
@@ -115,7 +115,7 @@ class EWC(Method):
         self.fishers: list[dict[str, torch.Tensor]] = []
         #: θ*_t, the parameters (those with an F_t entry) at the end of every task learned so far
         self.anchors: list[dict[str, torch.Tensor]] = []
-        self.penalty: QuadraticPenalty | None = None
+        self.penalty = None
         #: the constant c that makes the fused penalty's value the per-task sum's
         self.offset = 0.0
 
@@ -127,10 +127,6 @@ class EWC(Method):
             "max_samples": self.max_samples,
             "seed": self.seed,
         }
-
-    def after_backward(self, model: MultiHeadClassifier) -> None:
-        if self.penalty is not None:
-            self.penalty.add_to_grad()
 
     def penalty_value(self) -> torch.Tensor | None:
         """λ Σ_s Σ_i F_s,i (θ_i − θ*_s,i)² now (differentiable), ``None`` before the first task ends."""

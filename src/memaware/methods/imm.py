@@ -52,7 +52,7 @@ from torch import nn
 
 from memaware.data.scenarios import SETTINGS, Setting, Task
 from memaware.errors import ConfigError
-from memaware.methods.base import Method
+from memaware.methods.base import Penalised
 from memaware.methods.ewc import task_fisher
 from memaware.models.multihead import MultiHeadClassifier
 from memaware.penalties import QuadraticPenalty
@@ -145,7 +145,7 @@ def trained_names(model: nn.Module, tasks: Iterable[Task]) -> set[str]:
     return {name for name, _ in model.named_parameters() if name.startswith(prefixes)}
 
 
-class IMM(Method):
+class IMM(Penalised):
     """Mean- or mode-IMM with weight-transfer and optional L2-transfer (see the module docstring)."""
 
     name = "imm"
@@ -187,7 +187,7 @@ class IMM(Method):
         self.fishers: list[Parameters] = []
         #: the parameters when the first task began (for ``weight_transfer=False``)
         self.initial: Parameters = {}
-        self.penalty: QuadraticPenalty | None = None
+        self.penalty = None
 
     def options(self) -> dict[str, object]:
         return {
@@ -225,10 +225,6 @@ class IMM(Method):
             if self.strength > 0 and anchored
             else None
         )
-
-    def after_backward(self, model: MultiHeadClassifier) -> None:
-        if self.penalty is not None:
-            self.penalty.add_to_grad()
 
     def task_fisher(self, model: MultiHeadClassifier, task: Task) -> Mapping[str, torch.Tensor]:
         """F_t: exact per-sample true Fisher of task ``task``'s head logits on its training inputs."""

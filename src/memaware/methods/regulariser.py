@@ -16,12 +16,12 @@ import torch
 from memaware.data.scenarios import Task
 from memaware.errors import ConfigError
 from memaware.importance import accumulate
-from memaware.methods.base import Method
+from memaware.methods.base import Penalised
 from memaware.models.multihead import MultiHeadClassifier
 from memaware.penalties import QuadraticPenalty
 
 
-class QuadraticRegulariser(Method):
+class QuadraticRegulariser(Penalised):
     """Subclasses implement :meth:`importance`; the rest (accumulation, anchor, penalty) is here."""
 
     def __init__(
@@ -36,17 +36,13 @@ class QuadraticRegulariser(Method):
         self.accumulation: Literal["sum", "blend"] = accumulation
         self.alpha = alpha
         self.omega: dict[str, torch.Tensor] | None = None
-        self.penalty: QuadraticPenalty | None = None
+        self.penalty = None
 
     def importance(
         self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]
     ) -> Mapping[str, torch.Tensor]:
         """Ω_new for the task just learned, keyed by parameter name."""
         raise NotImplementedError
-
-    def after_backward(self, model: MultiHeadClassifier) -> None:
-        if self.penalty is not None:
-            self.penalty.add_to_grad()
 
     def penalty_value(self) -> torch.Tensor | None:
         """λ Σ Ω (θ − θ*)² now (differentiable), ``None`` before the first task ends."""
