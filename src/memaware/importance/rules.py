@@ -120,8 +120,9 @@ def conv_rule(
     output position's receptive field (``unfold``) and contract it with δ sample by sample (a
     batched matmul); otherwise lay m samples side by side as one image with m·C channels and
     ``groups = m·G``, so that the library's weight-gradient convolution returns all m per-sample
-    gradients at once. Returns ``None`` (→ fallback) for string padding or a padding mode other
-    than zeros.
+    gradients at once. Either yields chunks of per-sample gradients whose sum over the chunk's
+    samples has the weight's layout. Returns ``None`` (→ fallback) for string padding or a padding
+    mode other than zeros.
     """
     if isinstance(module.padding, str) or module.padding_mode != "zeros":
         return None
