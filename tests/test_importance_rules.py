@@ -16,6 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.autograd.graph import GradientEdge
 
 import memaware.importance.exact as exact_module
 import memaware.importance.rules as rules_module
@@ -560,7 +561,8 @@ class TwoBranches(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         right = self.right_out(torch.tanh(self.right_in(x)))
-        return self.head(torch.relu(self.left(x) + right))
+        out: torch.Tensor = self.head(torch.relu(self.left(x) + right))
+        return out
 
 
 def test_branching_graph_is_exact_and_targets_only_the_deepest_layers(
@@ -571,11 +573,14 @@ def test_branching_graph_is_exact_and_targets_only_the_deepest_layers(
     check_mas(model, torch.randn(11, 5), batch_size=4)
     # The backward pass is asked only for the outputs with no recorded output below them; every
     # other layer's δ reaches its rule through the hooks on the way down.
-    targets: list[list[object]] = []
+    targets: list[list[GradientEdge]] = []
     deepest = exact_module._deepest
-    monkeypatch.setattr(
-        exact_module, "_deepest", lambda edges: targets.append(deepest(edges)) or targets[-1]
-    )
+
+    def recorded_deepest(edges: list[GradientEdge]) -> list[GradientEdge]:
+        targets.append(deepest(edges))
+        return targets[-1]
+
+    monkeypatch.setattr(exact_module, "_deepest", recorded_deepest)
     mas(model, [torch.randn(3, 5)])
     (edges,) = targets
     assert {edge.node.name() for edge in edges} == {"AddmmBackward0"}

@@ -104,8 +104,9 @@ def linear_rule(
 
 # Measured on CPU (3×3 kernels, 256 samples): for a small fan-in (3 input channels) copying each
 # output position's receptive field out of a strided view of the padded input and contracting it
-# with δ sample by sample (a batched matmul) is within 10 % of the batched weight gradient; for 32
-# input channels a grouped weight-gradient convolution is as fast, and it needs no copy of the input.
+# with δ sample by sample (a batched matmul) took 5.6-7.2 ms against 5.1-5.8 ms for the batched
+# weight gradient (F.unfold: 13-17 ms); for 32 input channels a grouped weight-gradient convolution
+# is as fast (18-22 ms against 21-24 ms; batched 13-15 ms) and needs no copy of the input.
 UNFOLD_MAX_FAN_IN = 64
 GROUPED_MAX_SAMPLES = 32
 
