@@ -1,4 +1,4 @@
-"""The diagonal Fisher (empirical and true) against per-sample loops; l-MAS against its formula."""
+"""The diagonal Fisher (empirical and true) against per-sample loops (l-MAS: tests/test_local_mas.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memaware.errors import ConfigError
-from memaware.importance import fisher, local_mas
+from memaware.importance import fisher
 
 
 def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
@@ -172,147 +172,3 @@ def test_fisher_outputs_selects_a_head() -> None:
         ("a.bias", "1.bias"),
     ]:
         assert rel_err(imp[ours], ref[theirs]) <= 1e-5
-
-
-# ---------------------------------------------------------------------------------------------
-# l-MAS
-
-
-def two_layer() -> nn.Sequential:
-    return nn.Sequential(nn.Linear(7, 5), nn.ReLU(), nn.Linear(5, 3))
-
-
-@pytest.mark.parametrize("activation", ["relu", "identity"])
-def test_local_mas_two_layer_net_by_hand(activation: str) -> None:
-    torch.manual_seed(7)
-    model = two_layer()
-    x = torch.randn(19, 7)
-    imp = local_mas(model, torch.split(x, 8), activation=activation)  # type: ignore[arg-type]
-    act = torch.relu if activation == "relu" else (lambda t: t)
-    with torch.no_grad():
-        z1 = model[0](x)
-        a2 = torch.relu(z1)  # the second layer's input (after the network's ReLU module)
-        z2 = model[2](a2)
-        y1, y2 = act(z1), act(z2)
-        n = len(x)
-        expected = {
-            "0.weight": (2 / n) * y1.abs().t() @ x.abs(),  # (2/N) Σ_k |y1_k| |x_k|ᵀ
-            "0.bias": 2 * y1.abs().mean(0),
-            "2.weight": (2 / n) * y2.abs().t() @ a2.abs(),
-            "2.bias": 2 * y2.abs().mean(0),
-        }
-        literal = {  # the definition, one sample at a time: (1/N) Σ_k |2·y_i^k·a_j^k|
-            "0.weight": torch.stack([(2 * torch.outer(y1[k], x[k])).abs() for k in range(n)]).mean(
-                0
-            ),
-            "2.weight": torch.stack([(2 * torch.outer(y2[k], a2[k])).abs() for k in range(n)]).mean(
-                0
-            ),
-        }
-    assert set(imp) == set(expected)
-    for name, value in expected.items():
-        torch.testing.assert_close(imp[name], value, rtol=1e-5, atol=1e-7)
-    for name, value in literal.items():
-        torch.testing.assert_close(imp[name], value, rtol=1e-5, atol=1e-7)
-    assert imp.n_samples == 19 and set(imp.counts.values()) == {19}
-    assert imp.meta == {"method": "l-mas", "activation": activation, "mode": "eval"}
-    if activation == "relu":  # inactive units get no importance
-        dead = (z1 <= 0).all(0)
-        assert torch.all(imp["0.weight"][dead] == 0)
-
-
-def test_local_mas_sequence_positions_are_summed_before_the_magnitude() -> None:
-    torch.manual_seed(8)
-    layer = nn.Linear(4, 3)
-    model = nn.Sequential(layer)
-    x = torch.randn(6, 5, 4)
-    imp = local_mas(model, [x], activation="identity")
-    with torch.no_grad():
-        y = layer(x)
-        weight = (2 * torch.einsum("nto,nti->noi", y, x)).abs().mean(0)
-        bias = (2 * y.sum(1)).abs().mean(0)
-    torch.testing.assert_close(imp["0.weight"], weight, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(imp["0.bias"], bias, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("activation", ["relu", "identity"])
-def test_local_mas_conv_by_hand_with_unfold(activation: str) -> None:
-    torch.manual_seed(9)
-    conv = nn.Conv2d(3, 4, 3, stride=2, padding=1)
-    model = nn.Sequential(conv, nn.ReLU(), nn.Flatten(), nn.Linear(4 * 3 * 3, 2))
-    x = torch.randn(11, 3, 6, 6)
-    imp = local_mas(model, [x[:5], x[5:]], activation=activation)  # type: ignore[arg-type]
-    act = torch.relu if activation == "relu" else (lambda t: t)
-    with torch.no_grad():
-        y = act(conv(x)).reshape(11, 4, -1)  # (N, out, positions)
-        cols = F.unfold(x, 3, padding=1, stride=2)  # (N, in·3·3, positions)
-        per_sample = 2 * torch.einsum("nol,ncl->noc", y, cols)
-        weight = per_sample.abs().mean(0).reshape(conv.weight.shape)
-        bias = (2 * y.sum(-1)).abs().mean(0)
-    torch.testing.assert_close(imp["0.weight"], weight, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(imp["0.bias"], bias, rtol=1e-5, atol=1e-6)
-    assert set(imp) == {"0.weight", "0.bias", "3.weight", "3.bias"}
-
-
-def test_local_mas_grouped_dilated_conv1d_against_autograd() -> None:
-    """g_k = ∂/∂W Σ_{o,l} c_{o,l}·conv(x_k; W)_{o,l} with c = 2·y_k held fixed.
-
-    That is Σ_l 2·y·a, computed by autograd instead of unfold.
-    """
-    torch.manual_seed(10)
-    conv = nn.Conv1d(4, 6, 3, stride=2, padding=2, dilation=2, groups=2).double()
-    model = nn.Sequential(conv, nn.ReLU())
-    x = torch.randn(7, 4, 13, dtype=torch.float64)
-    imp = local_mas(model, [x])
-    weight = torch.zeros_like(conv.weight)
-    bias = torch.zeros_like(conv.bias)
-    for k in range(len(x)):
-        out = conv(x[k : k + 1])
-        c = 2 * torch.relu(out).detach()
-        gw, gb = torch.autograd.grad((c * out).sum(), [conv.weight, conv.bias])
-        weight += gw.abs() / len(x)
-        bias += gb.abs() / len(x)
-    torch.testing.assert_close(imp["0.weight"], weight, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(imp["0.bias"], bias, rtol=1e-10, atol=1e-12)
-
-
-def test_local_mas_skips_other_layers_and_runs_no_backward() -> None:
-    torch.manual_seed(11)
-    model = nn.Sequential(nn.Embedding(10, 4), nn.LayerNorm(4), nn.Linear(4, 3))
-    model[2].bias.requires_grad_(False)
-    model.train()
-    imp = local_mas(model, [torch.randint(0, 10, (5, 2))])
-    assert set(imp) == {"2.weight"}
-    assert all(p.grad is None for p in model.parameters())
-    assert all(m.training for m in model.modules())
-
-
-def test_local_mas_rejects_what_it_cannot_compute() -> None:
-    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding="same"))
-    with pytest.raises(ConfigError):
-        local_mas(model, [torch.randn(2, 1, 5, 5)])
-    with pytest.raises(ConfigError):
-        local_mas(two_layer(), [torch.randn(2, 7)], activation="tanh")  # type: ignore[arg-type]
-
-
-def test_local_mas_max_samples_and_tuples() -> None:
-    torch.manual_seed(12)
-    model = two_layer()
-    x, y = torch.randn(20, 7), torch.zeros(20)
-    a = local_mas(
-        model, list(zip(torch.split(x, 6), torch.split(y, 6), strict=True)), max_samples=10
-    )
-    b = local_mas(model, [x[:10]])
-    assert a.n_samples == 10
-    for name in b:
-        torch.testing.assert_close(a[name], b[name])
-
-
-def test_local_mas_identity_with_inplace_relu() -> None:
-    torch.manual_seed(13)
-    model = nn.Sequential(nn.Linear(7, 5), nn.ReLU(inplace=True), nn.Linear(5, 3))
-    x = torch.randn(16, 7)
-    with torch.no_grad():
-        z1 = model[0](x)
-    imp = local_mas(model, [x], activation="identity")
-    torch.testing.assert_close(imp["0.bias"], 2 * z1.abs().mean(0))

@@ -1,12 +1,16 @@
 """l-MAS, the local (Hebbian) variant of Memory Aware Synapses (Aljundi et al., ECCV 2018, §4.3).
 
 After each task t, on unlabelled training inputs of that task, every linear or convolutional
-layer l is scored alone, with F_l its own output y = ReLU(W a + b):
+layer l is scored alone, with input a and F_l its own output y as the network computes it:
 
     Ω_new,ij = (1/N) Σ_k |∂‖y^k‖²/∂θ_ij| = (1/N) Σ_k |2 · y_i^k · a_j^k|
-             = 2 · mean_k(y_i^k · a_j^k)            (ReLU networks: the neurons' co-activation)
+             = 2 · mean_k(y_i^k · a_j^k)   where a ReLU follows: y post-ReLU ≥ 0, the co-activation
     Ω ← Ω + Ω_new                                    (sum over tasks, as MAS; or a blend)
     θ* ← θ
+
+For the head and every layer whose output no ReLU directly follows (conv → BatchNorm → ReLU,
+a residual add, other nonlinearities), y is the raw layer output and Ω_new is the magnitude of
+the derivative of the layer's squared output, (1/N) Σ_k |2 · y_i^k · a_j^k|; biases have a ≡ 1.
 
 and while learning the next task the loss is  L_task + λ Σ Ω (θ − θ*)²  (no factor ½).
 Only forward activations are needed (:func:`memaware.importance.local_mas`). The inputs run
