@@ -119,6 +119,8 @@ def aggregate(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "accuracy_matrix": _mean_matrix([run["accuracy_matrix"] for run in runs]),
         "drop": np.mean([run["drop"] for run in runs], axis=0).tolist(),
+        # each task's accuracy right after training it, before after_task (IMM merges there)
+        "trained_accuracy": np.mean([run["trained_accuracy"] for run in runs], axis=0).tolist(),
     }
     summary |= {key: statistics.fmean(run[key] for run in runs) for key in SUMMARY_KEYS}
     summary["std"] = {
