@@ -662,3 +662,52 @@ def test_write_report_bad_runs_leave_old_report(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="joint"):
         write_report(broken, tmp_path)
     assert {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)} == before
+
+
+# --- the accuracy right after training (IMM's pre-merge model) ---------------------------------
+
+
+def _with_merge() -> dict[str, Any]:
+    # "imm"'s after_task changed its weights: its trained accuracies differ from the diagonal.
+    results = _results()
+    results["methods"]["finetune"]["trained_accuracy"] = [0.99, 0.98, 0.97]  # the diagonal
+    imm = copy.deepcopy(results["methods"]["mas"])
+    imm["trained_accuracy"] = [0.996, 0.99, 0.985]
+    results["methods"]["imm"] = imm
+    return results
+
+
+def test_report_says_drop_is_measured_before_merging(tmp_path: Path) -> None:
+    results = _with_merge()
+    table = results_table(results)
+    note = table.split("\n\n", 1)[1].split("\n\n", 1)[1]
+    assert "`imm`" in note and "before merging" in note and "`finetune`" not in note
+    paths = write_report(results, tmp_path)
+    markdown = paths["markdown"].read_text(encoding="utf-8")
+    imm_part = markdown.split("### imm")[1]
+    assert _row(imm_part, "Right after training")[1:] == ["99.60", "99.00", "98.50"]
+    matrices = markdown.split("## Accuracy matrices")[1].split("### imm")[0]
+    assert "Right after training" not in matrices  # finetune's and mas's
+    assert json.loads(paths["json"].read_text())["methods"]["imm"]["trained_accuracy"][0] == 0.996
+
+
+def test_no_note_without_a_change_or_for_old_results() -> None:
+    results = _with_merge()
+    del results["methods"]["imm"]
+    assert "before merging" not in results_table(results)
+    assert "before merging" not in results_table(_results())  # no trained_accuracy at all
+
+
+@pytest.mark.parametrize("bad", [[0.9, 0.9], "0.9", [0.9, None, 0.9], [True, 0.9, 0.9]])
+def test_bad_trained_accuracy_raises_data_error(bad: Any) -> None:
+    results = _with_merge()
+    results["methods"]["imm"]["trained_accuracy"] = bad
+    with pytest.raises(DataError, match="trained_accuracy"):
+        results_table(results)
+
+
+def test_accuracy_matrix_table_trained_row() -> None:
+    table = accuracy_matrix_table([[0.9, None], [0.8, 0.95]], ["a", "b"], [0.92, 0.97])
+    assert _row(table, "Right after training")[1:] == ["92.00", "97.00"]
+    with pytest.raises(DataError, match="one per task"):
+        accuracy_matrix_table([[0.9, None], [0.8, 0.95]], ["a", "b"], [0.92])

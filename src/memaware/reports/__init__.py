@@ -25,6 +25,7 @@ from memaware.reports.markdown import (
     metric_std,
     results_table,
     seed_count,
+    trained_accuracy,
 )
 from memaware.reports.plots import _figure as _accuracy_figure
 from memaware.reports.plots import plot_results
@@ -42,6 +43,7 @@ __all__ = [
     "plot_task_curves",
     "results_table",
     "seed_count",
+    "trained_accuracy",
     "write_report",
 ]
 
@@ -58,7 +60,13 @@ def _markdown_report(results: Mapping[str, Any]) -> str:
     ]
     for method in results["methods"]:
         parts.append(f"### {method}\n")
-        parts.append(accuracy_matrix_table(checked_matrix(results, method), results["task_names"]))
+        parts.append(
+            accuracy_matrix_table(
+                checked_matrix(results, method),
+                results["task_names"],
+                trained_accuracy(results, method),
+            )
+        )
     return "\n".join(parts)
 
 

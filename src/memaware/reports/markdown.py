@@ -4,6 +4,11 @@ Accuracies in the results dict are fractions in [0, 1]; the tables show accuraci
 and the differences between accuracies (forgetting, BWT, drop) in percentage points. Keys
 that the tables do not use are ignored, so later additions to the results dict are harmless.
 
+Drop, forgetting and BWT are measured against each task's accuracy right after training it
+(``"trained_accuracy"``), which is the accuracy matrix's diagonal unless the method changes its
+weights once a task is learned (IMM merges the task models); the report then says so and shows
+that accuracy as an extra row of the method's matrix.
+
 A method run over several seeds holds the mean of each metric, a ``"std"`` mapping with the
 standard deviation of the summary metrics and a ``"runs"`` list with one entry per seed;
 `seed_count` and `metric_std` read these, and results without them count as one seed.
@@ -41,6 +46,36 @@ def checked_matrix(results: Mapping[str, Any], method: str) -> list[list[float]]
         return [[float("nan") if value is None else float(value) for value in row] for row in rows]
     except (TypeError, ValueError):
         raise DataError(f"method {method!r}: accuracy_matrix holds a non-number") from None
+
+
+def trained_accuracy(results: Mapping[str, Any], method: str) -> list[float] | None:
+    """`method`'s accuracy on each task right after training it, before its ``after_task``.
+
+    Drop, forgetting and BWT are measured against these. None when it equals the diagonal of the
+    accuracy matrix (the method's ``after_task`` leaves the weights alone) or when the results
+    predate it (then the diagonal is the reference). It differs for IMM, whose ``after_task``
+    merges the task models: the matrix holds the merged model's accuracies. Raises DataError
+    when ``"trained_accuracy"`` is there but not one number per task.
+    """
+    entry = results["methods"][method]
+    if "trained_accuracy" not in entry:
+        return None
+    trained = entry["trained_accuracy"]
+    n_tasks = len(results["task_names"])
+    if (
+        isinstance(trained, str | bytes)
+        or not isinstance(trained, Sequence)
+        or len(trained) != n_tasks
+        or any(isinstance(v, bool) or not isinstance(v, int | float) for v in trained)
+    ):
+        raise DataError(
+            f"method {method!r}: trained_accuracy must be a list of {n_tasks} numbers, one per task"
+        )
+    matrix = checked_matrix(results, method)
+    # Means over the same seeds of the same numbers: equal up to rounding where nothing changed.
+    if all(math.isclose(float(v), matrix[j][j], abs_tol=1e-12) for j, v in enumerate(trained)):
+        return None
+    return [float(v) for v in trained]
 
 
 def _metric(entry: Mapping[str, Any], method: str, key: str) -> float:
@@ -161,19 +196,50 @@ def results_table(results: Mapping[str, Any]) -> str:
         f"Benchmark `{results['benchmark']}`, scenario `{results['scenario']}`{over}: "
         f"accuracy in %, forgetting/BWT/drop in percentage points (pp).\n\n"
     )
-    return intro + _table(header, rows)
+    return intro + _table(header, rows) + _reference_note(results)
 
 
-def accuracy_matrix_table(matrix: Sequence[Sequence[float]], task_names: Sequence[str]) -> str:
-    """The accuracy matrix in percent: row i is after training task i, column j is task j."""
+def _reference_note(results: Mapping[str, Any]) -> str:
+    changed = [str(m) for m in results["methods"] if trained_accuracy(results, m) is not None]
+    if not changed:
+        return ""
+    names = ", ".join(f"`{_cell(m)}`" for m in changed)
+    return (
+        f"\n{names}: the accuracies are those of the model the method deploys after each task "
+        "(IMM: the merge of the task models), while drop, forgetting and BWT are measured against "
+        "the model trained on each task *before merging* (its accuracy is the row "
+        f'"{TRAINED_ROW}" of the accuracy matrix), as in the MAS paper\'s Figure 3; so the last '
+        "task has a drop too.\n"
+    )
+
+
+#: label of the accuracy-matrix row with each task's accuracy right after training it
+TRAINED_ROW = "Right after training"
+
+
+def accuracy_matrix_table(
+    matrix: Sequence[Sequence[float]],
+    task_names: Sequence[str],
+    trained: Sequence[float] | None = None,
+) -> str:
+    """The accuracy matrix in percent: row i is after training task i, column j is task j.
+
+    With ``trained`` (see `trained_accuracy`), a last row gives each task's accuracy right after
+    training it, before the method's end-of-task step (IMM's merge).
+    """
     names = [_cell(str(name)) for name in task_names]
     if len(matrix) != len(names) or any(len(row) != len(names) for row in matrix):
         raise DataError(f"accuracy matrix must be {len(names)}x{len(names)}, one per task")
+    if trained is not None and len(trained) != len(names):
+        raise DataError(f"trained accuracies must be {len(names)}, one per task")
+
+    def cells(row: Sequence[float | None]) -> list[str]:
+        return ["–" if acc is None or math.isnan(acc) else _num(100 * float(acc)) for acc in row]
+
     header = ["After training ↓ / accuracy (%) on →", *names]
-    rows = [
-        [name, *("–" if acc is None or math.isnan(acc) else _num(100 * float(acc)) for acc in row)]
-        for name, row in zip(names, matrix, strict=True)
-    ]
+    rows = [[name, *cells(row)] for name, row in zip(names, matrix, strict=True)]
+    if trained is not None:
+        rows.append([TRAINED_ROW, *cells(trained)])
     return _table(header, rows)
 
 
