@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from helpers import small_mlp, small_split_mnist
+from memaware.cli import main as cli
 from memaware.data.scenarios import Task
 from memaware.data.sources import ImageDataset
 from memaware.errors import ConfigError
@@ -19,6 +21,7 @@ from memaware.methods import MAS, Finetune, make_method
 from memaware.methods.base import Batch
 from memaware.models import MultiHeadClassifier, build_model
 from memaware.training import TrainConfig, loop, run_method, train_task, training_step
+from memaware.training.experiment import ExperimentSpec
 from memaware.training.loop import check_model_fits, past_head_parameters
 
 
@@ -335,3 +338,49 @@ class _TrainingSizes(Finetune):
 def test_config_rejects_bad_values(fields: dict[str, Any], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         TrainConfig(**fields)
+
+
+def test_cli_flags_reach_the_training_config(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    seen: list[TrainConfig] = []
+
+    def stop(spec: ExperimentSpec, show_progress: bool = False) -> dict[str, Any]:
+        seen.append(spec.train)
+        raise ConfigError("stopped before training")
+
+    monkeypatch.setattr(cli, "run_experiment", stop)
+    flags = "--optimizer sgd --momentum 0.9 --weight-decay 1e-5 --lr 0.001 --lr-decay-epochs 7"
+    flags += " --first-task-lr 0.01 --first-task-epochs 10 --epochs 20 --batch-size 150"
+    flags += " --select-best-epoch --validation 0.2 --no-progress"
+    assert cli.main(["run", *flags.split(), "--out", str(tmp_path)]) == 2
+    assert seen == [
+        TrainConfig(
+            epochs=20,
+            batch_size=150,
+            lr=0.001,
+            optimizer="sgd",
+            momentum=0.9,
+            weight_decay=1e-5,
+            lr_decay_epochs=7,
+            first_task_lr=0.01,
+            first_task_epochs=10,
+            select_best_epoch=True,
+            validation_fraction=0.2,
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("flags", "match"),
+    [
+        ("--momentum 0.9", "momentum is an option of the sgd optimizer"),
+        ("--lr nan", "learning rate lr"),
+        ("--validation 1.5", "validation_fraction"),
+    ],
+)
+def test_cli_rejects_bad_training_flags_before_training(
+    flags: str, match: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert cli.main(["compare", *flags.split(), "--out", str(tmp_path), "--no-progress"]) == 2
+    assert match in capsys.readouterr().err

@@ -25,7 +25,7 @@ from memaware.methods import METHODS
 from memaware.reports import results_table, write_report
 from memaware.reports.markdown import presets_table
 from memaware.training.experiment import ExperimentSpec, default_out_dir, run_experiment
-from memaware.training.loop import TrainConfig
+from memaware.training.loop import OPTIMIZERS, TrainConfig
 from memaware.training.sweep import sweep_strength, write_sweep
 
 
@@ -63,7 +63,57 @@ def _add_experiment_options(parser: argparse.ArgumentParser, methods: list[str])
     )
     add("--epochs", type=int, default=4, help="epochs per task (default 4)")
     add("--batch-size", type=int, default=128, help="training batch size (default 128)")
-    add("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    add("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    add(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default="adam",
+        help="adam (default) or sgd; one optimizer is kept for the whole stream",
+    )
+    add("--momentum", type=float, default=0.0, help="SGD momentum (default 0; the authors: 0.9)")
+    add(
+        "--weight-decay",
+        type=float,
+        default=0.0,
+        help="L2 weight decay of the stepped parameters (default 0)",
+    )
+    add(
+        "--lr-decay-epochs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="multiply the learning rate by --lr-decay-factor every N epochs of a task (default off)",
+    )
+    add(
+        "--lr-decay-factor",
+        type=float,
+        default=0.1,
+        help="factor of --lr-decay-epochs (default 0.1)",
+    )
+    add(
+        "--first-task-lr",
+        type=float,
+        default=None,
+        help="learning rate of the first task (default --lr)",
+    )
+    add(
+        "--first-task-epochs",
+        type=int,
+        default=None,
+        help="epochs of the first task (default --epochs)",
+    )
+    add(
+        "--select-best-epoch",
+        action="store_true",
+        help="hold out --validation of each task's training data and end each task with the "
+        "weights of its best validation epoch",
+    )
+    add(
+        "--validation",
+        type=float,
+        default=0.1,
+        help="held-out share of each task's training data for --select-best-epoch (default 0.1)",
+    )
     add(
         "--lambda",
         dest="strength",
@@ -155,7 +205,20 @@ def _experiment(args: argparse.Namespace, seeds: Sequence[int], command: str) ->
         scenario=args.scenario,
         methods=tuple(args.methods),
         seeds=tuple(seeds),
-        train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr),
+        train=TrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            optimizer=args.optimizer,
+            momentum=args.momentum,
+            weight_decay=args.weight_decay,
+            lr_decay_epochs=args.lr_decay_epochs,
+            lr_decay_factor=args.lr_decay_factor,
+            first_task_lr=args.first_task_lr,
+            first_task_epochs=args.first_task_epochs,
+            select_best_epoch=args.select_best_epoch,
+            validation_fraction=args.validation,
+        ),
         strength=args.strength,
         method_options={"mas": {"granularity": args.granularity}},
         hidden=tuple(args.hidden),
