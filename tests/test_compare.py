@@ -34,6 +34,7 @@ def test_unknown_option_is_a_clear_error() -> None:
 def test_aggregate_mean_and_sample_std() -> None:
     runs = [
         {"seed": s, "accuracy_matrix": [[a, None], [a - 0.1, 0.9]], "drop": [-0.1, 0.0],
+         "trained_accuracy": [a, 0.9],
          "average_accuracy": a, "forgetting": 0.1, "bwt": -0.1, "average_drop": -0.05, "wall_time_s": 1.0}
         for s, a in ((0, 0.8), (1, 0.9), (2, 1.0))
     ]  # fmt: skip
@@ -41,6 +42,7 @@ def test_aggregate_mean_and_sample_std() -> None:
     assert summary["average_accuracy"] == pytest.approx(0.9)
     assert summary["std"]["average_accuracy"] == pytest.approx(0.1)  # n − 1 in the denominator
     assert summary["accuracy_matrix"][0] == [pytest.approx(0.9), None]
+    assert summary["trained_accuracy"] == [pytest.approx(0.9), pytest.approx(0.9)]
     assert len(summary["runs"]) == 3
 
 

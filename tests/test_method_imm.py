@@ -15,7 +15,7 @@ from memaware.data.scenarios import Scenario, Task
 from memaware.data.sources import ImageDataset
 from memaware.errors import ConfigError
 from memaware.methods.finetune import Finetune
-from memaware.methods.imm import IMM, MeanIMM, load_values, mean_imm, mode_imm
+from memaware.methods.imm import MeanIMM, ModeIMM, load_values, mean_imm, mode_imm
 from memaware.models import MultiHeadClassifier
 from memaware.training import MethodResult, TrainConfig, run_method
 from memaware.training.loop import include_new_parameters
@@ -47,11 +47,11 @@ def _params(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-class _HandFisher(IMM):
-    """IMM whose Fisher per task is given, not measured."""
+class _HandFisher(ModeIMM):
+    """mode-IMM whose Fisher per task is given, not measured."""
 
     def __init__(self, fishers: list[dict[str, torch.Tensor]], strength: float = 0.0) -> None:
-        super().__init__("mode", strength, eps=0.0)
+        super().__init__(strength=strength, eps=0.0)
         self.given = fishers
 
     def task_fisher(self, model: MultiHeadClassifier, task: Task) -> Mapping[str, torch.Tensor]:
@@ -122,9 +122,11 @@ def test_merge_errors() -> None:
         mode_imm(MODELS, FISHERS[:2])
     with pytest.raises(ConfigError, match="at least one"):
         mean_imm([])
-    for bad in ({"merge": "median"}, {"strength": -1.0}, {"eps": -1.0}, {"fisher_batch_size": 0}):
+    for bad in ({"strength": -1.0}, {"eps": -1.0}, {"importance_batch_size": 0}):
         with pytest.raises(ConfigError):
-            IMM(**bad)
+            ModeIMM(**bad)
+    with pytest.raises(ConfigError, match="has no option eps"):
+        MeanIMM(eps=1e-8)  # mean-IMM measures no Fisher
 
 
 # --- the hooks: merged for evaluation, trained for training -------------------------------------
@@ -138,7 +140,7 @@ def test_evaluation_sees_the_merge_and_training_resumes_from_the_trained_paramet
     tasks = [_task(0, 0), _task(1, 1), _task(2, 2)]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     fishers: list[dict[str, torch.Tensor]] = []
-    imm = IMM("mean", strength=0.0) if merge == "mean" else _HandFisher(fishers, strength=0.0)
+    imm = MeanIMM(strength=0.0) if merge == "mean" else _HandFisher(fishers, strength=0.0)
     objects = {n: id(p) for n, p in model.named_parameters()}
 
     imm.before_task(model, tasks[0], tasks[:1])
@@ -195,7 +197,7 @@ def test_without_weight_transfer_each_task_restarts_from_the_initial_parameters(
     model = _tiny()
     initial = _params(model)
     tasks = [_task(0, 0), _task(1, 1)]
-    imm = IMM("mean", strength=0.0, weight_transfer=False)
+    imm = MeanIMM(strength=0.0, weight_transfer=False)
     imm.before_task(model, tasks[0], tasks[:1])
     a = _values(model, 1)
     load_values(model, a)
@@ -225,7 +227,7 @@ def test_l2_transfer_term_and_its_gradient() -> None:
     strength = 0.3
     model = _tiny()
     tasks = [_task(0, 0), _task(1, 1)]
-    imm = IMM("mean", strength=strength)
+    imm = MeanIMM(strength=strength)
     imm.before_task(model, tasks[0], tasks[:1])
     assert imm.penalty is None  # nothing to pull towards on the first task
     previous = _values(model, 1)
@@ -258,7 +260,7 @@ def test_l2_transfer_term_and_its_gradient() -> None:
     assert imm.penalty is not None and set(imm.penalty.names) == {
         n for n, _ in model.named_parameters()
     }
-    zero = IMM(strength=0.0)
+    zero = ModeIMM(strength=0.0)
     zero.before_task(model, domain[0], domain[:1])
     zero.after_task(model, domain[0], domain[:1])
     zero.before_task(model, domain[1], domain)
@@ -273,7 +275,7 @@ def test_measured_fisher_covers_the_model_and_is_reproducible() -> None:
     runs = []
     for _ in range(2):
         model = _tiny()
-        imm = IMM("mode", eps=1e-8)
+        imm = ModeIMM(eps=1e-8)
         for i, task in enumerate(tasks):
             model.add_head(task.head, 2)
             imm.before_task(model, task, tasks[: i + 1])
@@ -305,7 +307,7 @@ def finetuned(five_tasks: Scenario) -> MethodResult:
 
 def test_mode_imm_forgets_less_than_finetune(five_tasks: Scenario, finetuned: MethodResult) -> None:
     config = TrainConfig(epochs=3, lr=1e-3, seed=0)
-    imm = run_method(IMM("mode"), five_tasks, lambda: small_mlp(five_tasks), config)
+    imm = run_method(ModeIMM(), five_tasks, lambda: small_mlp(five_tasks), config)
     assert finetuned.accuracy.forgetting() > 0.03
     assert imm.accuracy.forgetting() < finetuned.accuracy.forgetting() / 3
     assert imm.accuracy.average_accuracy() > finetuned.accuracy.average_accuracy()
@@ -318,7 +320,7 @@ def test_mean_imm_forgets_less_than_finetune(five_tasks: Scenario, finetuned: Me
     # counts from the trained (pre-merge) model, so the merge's own cost is in it (0.020 against
     # finetuning's 0.049 here; from the merged models alone it would read -0.002).
     config = TrainConfig(epochs=3, lr=1e-3, seed=0)
-    imm = run_method(IMM("mean"), five_tasks, lambda: small_mlp(five_tasks), config)
+    imm = run_method(MeanIMM(), five_tasks, lambda: small_mlp(five_tasks), config)
     assert imm.accuracy.forgetting() < finetuned.accuracy.forgetting() / 2
     assert imm.accuracy.final()[0] > finetuned.accuracy.final()[0]
 
@@ -326,7 +328,7 @@ def test_mean_imm_forgets_less_than_finetune(five_tasks: Scenario, finetuned: Me
 @pytest.mark.parametrize("setting", ["domain", "class"])
 def test_domain_and_class_settings_run(mnist: ImageDataset, setting: str) -> None:
     scenario = small_split_mnist(mnist, setting, n_train=300, n_tasks=2)
-    result = run_method(IMM("mode"), scenario, lambda: small_mlp(scenario), TrainConfig(epochs=1))
+    result = run_method(ModeIMM(), scenario, lambda: small_mlp(scenario), TrainConfig(epochs=1))
     values = result.accuracy.values
     assert values.shape == (2, 2) and np.isfinite(values[1]).all()
 

@@ -177,11 +177,11 @@ def test_warm_up_trains_only_the_new_head() -> None:
 )
 def test_bad_options(options: dict[str, float]) -> None:
     with pytest.raises(ConfigError):
-        EBLL(**options)  # type: ignore[arg-type]
+        EBLL(**options)
 
 
 def test_options_are_reported() -> None:
-    assert LwF(0.5, temperature=3.0).options()["temperature"] == 3.0
+    assert LwF(strength=0.5, temperature=3.0).options()["temperature"] == 3.0
     options = EBLL(code_strength=2.0, code_size=7).options()
     assert options["strength"] == 1.0 and options["code_size"] == 7
     assert options["code_strength"] == 2.0 and "warmup_epochs" in options
@@ -194,7 +194,7 @@ def test_ebll_code_loss_matches_its_formula() -> None:
     t0, t1, t2 = _task(0, 0), _task(1, 1), _task(2, 2)
     model = _model({0: 3, 1: 3, 2: 3})
     alpha, strength = 0.6, 0.4
-    ebll = EBLL(strength, code_strength=alpha, code_size=5, warmup_epochs=0)
+    ebll = EBLL(strength=strength, code_strength=alpha, code_size=5, warmup_epochs=0)
     torch.manual_seed(3)
     ebll.autoencoders = [Autoencoder(12, 5), Autoencoder(12, 5)]
     ebll.before_task(model, t2, [t0, t1, t2])
@@ -213,7 +213,7 @@ def test_ebll_code_loss_matches_its_formula() -> None:
         w, b = linear.weight, linear.bias
         diff = torch.sigmoid(f @ w.T + b) - torch.sigmoid(f_star @ w.T + b)
         codes = codes + (diff**2).sum() / len(x)
-    lwf = LwF(strength, warmup_epochs=0)
+    lwf = LwF(strength=strength, warmup_epochs=0)
     lwf.teacher, lwf.old_heads = teacher, [0, 1]
     distill = lwf.loss_term(model, Batch(x, t2.train_y, 2))
     assert distill is not None

@@ -9,17 +9,26 @@ Lifecycle for each task t of a stream (Avalanche's vocabulary)::
         optimizer step;  after_step(model)
     after_task(model, task, seen)          # consolidation: importance, anchors, merging
     (every task seen so far is evaluated with the model as after_task left it)
+
+A method's settings are its ``Options`` dataclass (:mod:`memaware.methods.options`), read from
+``self.opts``; ``Method(Options(...))`` and ``Method(field=value, ...)`` build the same method. The
+``seed`` is the run's: a method with random streams of its own (sampled Fisher labels, a warm-up's
+batch order, an autoencoder's initial weights) derives them from it, so that runs under different
+seeds differ there too and runs under one seed repeat exactly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from memaware.data.scenarios import SETTINGS, Setting, Task
+from memaware.errors import ConfigError
+from memaware.methods.options import MethodOptions, build
 from memaware.models.multihead import MultiHeadClassifier
 from memaware.penalties import QuadraticPenalty
 
@@ -37,12 +46,38 @@ class Batch:
     heads: torch.Tensor | int
 
 
+def task_seed(seed: int, task: Task) -> int:
+    """The seed of a method's random stream for one task: from the run's seed and the task index."""
+    return seed * 1_000_003 + task.index
+
+
 class Method:
     """Plain training on each task in turn (the hooks do nothing); subclasses add regularisation."""
 
     name: ClassVar[str] = "base"
     #: the scenarios the method is defined for
     scenarios: ClassVar[tuple[Setting, ...]] = SETTINGS
+    #: the dataclass of the method's settings (each method has its own)
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
+    opts: MethodOptions
+
+    def __init__(
+        self, options: MethodOptions | None = None, /, *, seed: int = 0, **fields: Any
+    ) -> None:
+        """``options`` (an instance of :attr:`Options`; default: its defaults) with ``fields`` replaced.
+
+        ``seed`` (an integer >= 0) seeds the method's own random streams. An unknown field raises
+        :class:`ConfigError` naming the options the method takes; so does an invalid value.
+        """
+        if options is not None and type(options) is not self.Options:
+            raise TypeError(
+                f"{self.name} takes its options as {self.Options.__name__} or as keywords, "
+                f"got {options!r}"
+            )
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ConfigError(f"{self.name}: the seed must be an integer >= 0, got {seed!r}")
+        self.opts = build(self.Options, fields, options)
+        self.seed = seed
 
     def before_task(self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]) -> None:
         """Called before training ``task``; ``seen`` are the tasks of the stream so far, ``task`` last."""
@@ -70,8 +105,8 @@ class Method:
         """Called once ``task`` is learned, before evaluation."""
 
     def options(self) -> dict[str, object]:
-        """The method's settings, for the report."""
-        return {}
+        """The method's settings (the fields of :attr:`opts`), for the report."""
+        return dataclasses.asdict(self.opts)
 
 
 class Penalised(Method):

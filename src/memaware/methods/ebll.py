@@ -14,7 +14,8 @@ is trained on them, the network frozen, by minimising
 
     L_AE = (1/(N d)) Σ_n ‖r(f_n) − f_n‖²  +  β · ℓ_CE(T_a(r(f_n)), y_n)
 
-(Adam, ``ae_epochs`` epochs, batches of ``batch_size``, seeded). The second term is the paper's
+(Adam, ``ae_epochs`` epochs, batches of ``batch_size``; its initial weights and batch order
+seeded by the run's seed and the task index). The second term is the paper's
 classification-preserving term: the frozen head T_a of the task must still classify the
 *reconstructed* features, so the code keeps what the task needs rather than whatever has the
 most variance. The paper weights the reconstruction error by a hyper-parameter λ against the
@@ -49,6 +50,8 @@ Hsu et al.'s protocol, seed 0), never on the test set:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -56,10 +59,38 @@ from torch import nn
 from torch.func import functional_call
 
 from memaware.data.scenarios import Task
-from memaware.errors import ConfigError
-from memaware.methods.base import Batch
-from memaware.methods.lwf import LwF, backbone_features, task_seed
+from memaware.methods.base import Batch, task_seed
+from memaware.methods.lwf import LwF, LwFOptions, backbone_features
+from memaware.methods.options import MethodOptions
 from memaware.models.multihead import MultiHeadClassifier
+
+
+@dataclass(frozen=True, kw_only=True)
+class EBLLOptions(LwFOptions):
+    """EBLL settings: LwF's, the code term's weight α and the autoencoders' training."""
+
+    method = "ebll"
+
+    code_strength: float = field(
+        default=1.0, metadata={"help": "α, the weight of the code term Σ_a ‖E_a(f) − E_a(f*)‖²"}
+    )
+    code_size: int = field(
+        default=100, metadata={"help": "k, the units of each autoencoder's code"}
+    )
+    ae_epochs: int = field(default=10, metadata={"help": "epochs of each autoencoder's training"})
+    ae_lr: float = field(
+        default=1e-3, metadata={"help": "Adam's learning rate for the autoencoders"}
+    )
+    ae_task_weight: float = field(
+        default=0.1, metadata={"help": "β of the classification-preserving term of L_AE"}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.require_non_negative("code_strength", "ae_task_weight")
+        self.require_at_least("code_size", 1)
+        self.require_at_least("ae_epochs", 1)
+        self.require_positive("ae_lr")
 
 
 class Autoencoder(nn.Module):
@@ -131,50 +162,15 @@ class EBLL(LwF):
 
     name = "ebll"
 
+    Options = EBLLOptions
+    opts: EBLLOptions
+
     def __init__(
-        self,
-        strength: float = 1.0,
-        *,
-        code_strength: float = 1.0,
-        code_size: int = 100,
-        ae_epochs: int = 10,
-        ae_lr: float = 1e-3,
-        ae_task_weight: float = 0.1,
-        temperature: float = 2.0,
-        warmup_epochs: int = 10,
-        warmup_lr: float = 1e-2,
-        batch_size: int = 128,
-        seed: int = 0,
+        self, options: MethodOptions | None = None, /, *, seed: int = 0, **fields: Any
     ) -> None:
-        super().__init__(
-            strength,
-            temperature=temperature,
-            warmup_epochs=warmup_epochs,
-            warmup_lr=warmup_lr,
-            batch_size=batch_size,
-            seed=seed,
-        )
-        if code_strength < 0 or ae_task_weight < 0:
-            raise ConfigError(f"{self.name}: code_strength and ae_task_weight must be >= 0")
-        if code_size < 1 or ae_epochs < 1 or not ae_lr > 0:
-            raise ConfigError(f"{self.name}: code_size, ae_epochs and ae_lr must be positive")
-        self.code_strength = code_strength
-        self.code_size = code_size
-        self.ae_epochs = ae_epochs
-        self.ae_lr = ae_lr
-        self.ae_task_weight = ae_task_weight
+        super().__init__(options, seed=seed, **fields)
         #: the frozen autoencoders of the tasks learned so far, in order (their encoders are E_a)
         self.autoencoders: list[Autoencoder] = []
-
-    def options(self) -> dict[str, object]:
-        return {
-            **super().options(),
-            "code_strength": self.code_strength,
-            "code_size": self.code_size,
-            "ae_epochs": self.ae_epochs,
-            "ae_lr": self.ae_lr,
-            "ae_task_weight": self.ae_task_weight,
-        }
 
     @property
     def encoders(self) -> list[nn.Module]:
@@ -192,11 +188,11 @@ class EBLL(LwF):
                 backbone_features(model, task.train_x),
                 task.train_y,
                 model.heads[str(task.head)],
-                self.code_size,
-                self.ae_epochs,
-                self.ae_lr,
-                self.ae_task_weight,
-                self.batch_size,
+                self.opts.code_size,
+                self.opts.ae_epochs,
+                self.opts.ae_lr,
+                self.opts.ae_task_weight,
+                self.opts.batch_size,
                 task_seed(self.seed, task) + 1,
             )
         )
@@ -206,6 +202,8 @@ class EBLL(LwF):
             return None
         features, teacher_features = self.features(model, batch.x)
         distill = self.distillation(model, features, teacher_features)
-        if not self.autoencoders or self.code_strength == 0:
+        if not self.autoencoders or self.opts.code_strength == 0:
             return distill
-        return distill + self.code_strength * code_loss(self.encoders, features, teacher_features)
+        return distill + self.opts.code_strength * code_loss(
+            self.encoders, features, teacher_features
+        )

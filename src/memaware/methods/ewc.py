@@ -5,8 +5,9 @@ After each task t, on that task's labelled training data and the logits of its h
     F_t,i = (1/N) Σ_k (∂ log p(y_k | x_k; θ)/∂θ_i)²    (exact per-sample diagonal Fisher)
     θ*_t  ← θ
 
-with y_k drawn from the model, y_k ~ p(·|x_k; θ) (``labels="true"``, the Fisher proper, seeded so
-runs repeat), or taken from the data (``labels="empirical"``). While learning task t+1 the loss is
+with y_k drawn from the model, y_k ~ p(·|x_k; θ) (``labels="true"``, the Fisher proper, from a
+generator seeded by the run's seed and the task index, so runs repeat), or taken from the data
+(``labels="empirical"``). While learning task t+1 the loss is
 
     L_task + λ Σ_{s≤t} Σ_i F_s,i (θ_i − θ*_s,i)²
 
@@ -28,32 +29,34 @@ its task is learned.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar, Literal
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
 import torch
 
 from memaware.data.scenarios import SETTINGS, Setting, Task
-from memaware.errors import ConfigError
 from memaware.importance import fisher
-from memaware.methods.base import Penalised
+from memaware.methods.base import Penalised, task_seed
+from memaware.methods.options import MethodOptions, SampledOptions, StrengthOptions
 from memaware.models.multihead import MultiHeadClassifier, heads_output
 from memaware.penalties import QuadraticPenalty
 
 FisherLabels = Literal["empirical", "true"]
 
 
-def check_fisher_options(
-    name: str, strength: float, labels: str, batch_size: int, max_samples: int | None
-) -> None:
-    """Raise :class:`ConfigError` for settings no Fisher-based method accepts."""
-    if strength < 0:
-        raise ConfigError(f"{name}: the strength λ must be >= 0, got {strength}")
-    if labels not in ("empirical", "true"):
-        raise ConfigError(f"{name}: unknown Fisher labels {labels!r}; use 'empirical' or 'true'")
-    if batch_size < 1:
-        raise ConfigError(f"{name}: the Fisher batch size must be >= 1, got {batch_size}")
-    if max_samples is not None and max_samples < 1:
-        raise ConfigError(f"{name}: max_samples must be >= 1 or None, got {max_samples}")
+@dataclass(frozen=True, kw_only=True)
+class EWCOptions(SampledOptions, StrengthOptions):
+    """EWC settings: λ, the Fisher's labels and the data it is computed on."""
+
+    method = "ewc"
+
+    labels: FisherLabels = field(
+        default="true",
+        metadata={
+            "help": "true: y drawn from the model (the Fisher proper, seeded by the run's seed); "
+            "empirical: the data's labels"
+        },
+    )
 
 
 def task_fisher(
@@ -71,7 +74,7 @@ def task_fisher(
     task's index, on the model's device, so the same run gives the same Fisher.
     """
     device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(1_000_003 * seed + task.index)
+    generator = torch.Generator(device=device).manual_seed(task_seed(seed, task))
     data = list(
         zip(
             torch.split(task.train_x, batch_size),
@@ -95,22 +98,13 @@ class EWC(Penalised):
 
     name: ClassVar[str] = "ewc"
     scenarios: ClassVar[tuple[Setting, ...]] = SETTINGS
+    Options = EWCOptions
+    opts: EWCOptions
 
     def __init__(
-        self,
-        *,
-        strength: float = 1.0,
-        labels: FisherLabels = "true",
-        batch_size: int = 256,
-        max_samples: int | None = None,
-        seed: int = 0,
+        self, options: MethodOptions | None = None, /, *, seed: int = 0, **fields: Any
     ) -> None:
-        check_fisher_options(self.name, strength, labels, batch_size, max_samples)
-        self.strength = strength
-        self.labels: FisherLabels = labels
-        self.batch_size = batch_size
-        self.max_samples = max_samples
-        self.seed = seed
+        super().__init__(options, seed=seed, **fields)
         #: F_t of every task learned so far, keyed by parameter name
         self.fishers: list[dict[str, torch.Tensor]] = []
         #: θ*_t, the parameters (those with an F_t entry) at the end of every task learned so far
@@ -118,15 +112,6 @@ class EWC(Penalised):
         self.penalty = None
         #: the constant c that makes the fused penalty's value the per-task sum's
         self.offset = 0.0
-
-    def options(self) -> dict[str, object]:
-        return {
-            "strength": self.strength,
-            "labels": self.labels,
-            "batch_size": self.batch_size,
-            "max_samples": self.max_samples,
-            "seed": self.seed,
-        }
 
     def penalty_value(self) -> torch.Tensor | None:
         """λ Σ_s Σ_i F_s,i (θ_i − θ*_s,i)² now (differentiable), ``None`` before the first task ends."""
@@ -139,9 +124,9 @@ class EWC(Penalised):
         f = task_fisher(
             model,
             task,
-            labels=self.labels,
-            batch_size=self.batch_size,
-            max_samples=self.max_samples,
+            labels=self.opts.labels,
+            batch_size=self.opts.importance_batch_size,
+            max_samples=self.opts.max_samples,
             seed=self.seed,
         )
         params = dict(model.named_parameters())
@@ -168,8 +153,8 @@ class EWC(Penalised):
             mean = torch.where(weighted, moment[name] / safe, params[name].detach().double())
             centres[name] = mean
             offset -= float((omega * mean.square()).sum())
-        self.offset = self.strength * max(offset, 0.0)
-        self.penalty = QuadraticPenalty(model, total, self.strength, anchors=centres)
+        self.offset = self.opts.strength * max(offset, 0.0)
+        self.penalty = QuadraticPenalty(model, total, self.opts.strength, anchors=centres)
 
     @property
     def omega(self) -> dict[str, torch.Tensor] | None:

@@ -11,7 +11,7 @@ the model that is evaluated is the *merge* of θ_1..θ_t, with α_k = 1/t::
     mean-IMM:  θ = Σ_k α_k θ_k
     mode-IMM:  θ = (Σ_k α_k F_k ⊙ θ_k) / (Σ_k α_k F_k)       (elementwise; α cancels when uniform)
 
-F_k is the exact per-sample *true* Fisher (labels drawn from the model with a seeded generator)
+F_k is the exact per-sample *true* Fisher (labels drawn from the model, seeded by the run's seed)
 of the logits of task k's head, on task k's training inputs, plus ``eps`` (Lee et al. add 1e-8)
 so that a weight no task's Fisher sees gets the plain mean instead of 0/0.
 
@@ -45,7 +45,8 @@ Choices (beyond the paper, which merges one fixed network):
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import ClassVar, Literal
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -54,10 +55,10 @@ from memaware.data.scenarios import SETTINGS, Setting, Task
 from memaware.errors import ConfigError
 from memaware.methods.base import Penalised
 from memaware.methods.ewc import task_fisher
+from memaware.methods.options import MethodOptions, SampledOptions, StrengthOptions
 from memaware.models.multihead import MultiHeadClassifier
 from memaware.penalties import QuadraticPenalty
 
-Merge = Literal["mean", "mode"]
 Parameters = dict[str, torch.Tensor]
 
 
@@ -145,38 +146,57 @@ def trained_names(model: nn.Module, tasks: Iterable[Task]) -> set[str]:
     return {name for name, _ in model.named_parameters() if name.startswith(prefixes)}
 
 
+@dataclass(frozen=True, kw_only=True)
+class MeanIMMOptions(StrengthOptions):
+    """mean-IMM settings (shared by mode-IMM): L2-transfer's λ and weight transfer."""
+
+    method = "mean-imm"
+
+    strength: float = field(
+        default=1e-4,
+        metadata={"help": "λ of L2-transfer λ‖θ − θ_{t−1}‖² (0: weight transfer alone)"},
+    )
+    weight_transfer: bool = field(
+        default=True,
+        metadata={
+            "help": "start each task from the previous task's θ (false: from θ_0, the start)"
+        },
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModeIMMOptions(SampledOptions, MeanIMMOptions):
+    """mode-IMM settings: mean-IMM's, and the Fisher that weights the merge."""
+
+    method = "mode-imm"
+
+    importance_batch_size: int = field(
+        default=500, metadata={"help": "inputs per batch of the Fisher pass (memory and speed)"}
+    )
+    eps: float = field(
+        default=1e-8, metadata={"help": "added to every Fisher entry, >= 0 (Lee et al. 1e-8)"}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.require_non_negative("eps")
+
+
 class IMM(Penalised):
-    """Mean- or mode-IMM with weight-transfer and optional L2-transfer (see the module docstring)."""
+    """Weight transfer, L2-transfer and the merged/trained swap of mean- and mode-IMM.
+
+    The subclasses say how the stored models are merged (:meth:`merged`).
+    """
 
     name = "imm"
     scenarios: ClassVar[tuple[Setting, ...]] = SETTINGS
+    Options = MeanIMMOptions
+    opts: MeanIMMOptions
 
     def __init__(
-        self,
-        merge: Merge = "mode",
-        strength: float = 1e-4,
-        *,
-        weight_transfer: bool = True,
-        eps: float = 1e-8,
-        fisher_batch_size: int = 500,
-        fisher_samples: int | None = None,
-        seed: int = 0,
+        self, options: MethodOptions | None = None, /, *, seed: int = 0, **fields: Any
     ) -> None:
-        if merge not in ("mean", "mode"):
-            raise ConfigError(f"unknown IMM merge {merge!r}: use 'mean' or 'mode'")
-        if strength < 0:
-            raise ConfigError(f"the IMM L2-transfer strength must be >= 0, got {strength}")
-        if eps < 0:
-            raise ConfigError(f"the IMM Fisher eps must be >= 0, got {eps}")
-        if fisher_batch_size < 1 or (fisher_samples is not None and fisher_samples < 1):
-            raise ConfigError("the Fisher batch size and sample count must be positive")
-        self.merge: Merge = merge
-        self.strength = strength
-        self.weight_transfer = weight_transfer
-        self.eps = eps
-        self.fisher_batch_size = fisher_batch_size
-        self.fisher_samples = fisher_samples
-        self.seed = seed
+        super().__init__(options, seed=seed, **fields)
         self.reset()
 
     def reset(self) -> None:
@@ -189,21 +209,10 @@ class IMM(Penalised):
         self.initial: Parameters = {}
         self.penalty = None
 
-    def options(self) -> dict[str, object]:
-        return {
-            "merge": self.merge,
-            "strength": self.strength,
-            "weight_transfer": self.weight_transfer,
-            "eps": self.eps,
-            "fisher_batch_size": self.fisher_batch_size,
-            "fisher_samples": self.fisher_samples,
-            "seed": self.seed,
-        }
-
     def before_task(self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]) -> None:
         if len(seen) == 1:
             self.reset()
-            if not self.weight_transfer:
+            if not self.opts.weight_transfer:
                 self.initial = _snapshot(model)
             return
         if not self.trained:
@@ -211,7 +220,7 @@ class IMM(Penalised):
         previous = self.trained[-1]
         trains = trained_names(model, self.training_tasks(seen))
         start = dict(previous)
-        if not self.weight_transfer:
+        if not self.opts.weight_transfer:
             start.update({n: v for n, v in self.initial.items() if n in trains})
         load_values(model, start)  # undo the merge: training goes on from θ_{t−1} (or θ_0)
         anchored = {name: previous[name] for name in trains if name in previous}
@@ -219,12 +228,37 @@ class IMM(Penalised):
             QuadraticPenalty(
                 model,
                 {name: torch.ones_like(value) for name, value in anchored.items()},
-                self.strength,
+                self.opts.strength,
                 anchors=anchored,
             )
-            if self.strength > 0 and anchored
+            if self.opts.strength > 0 and anchored
             else None
         )
+
+    def after_task(self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]) -> None:
+        self.trained.append(_snapshot(model))
+        load_values(model, self.merged())
+
+    def merged(self) -> Parameters:
+        """The IMM merge of the models stored so far (what is evaluated after each task)."""
+        raise NotImplementedError
+
+
+class MeanIMM(IMM):
+    """mean-IMM: the merged model is the plain average of the task models."""
+
+    name = "mean-imm"
+
+    def merged(self) -> Parameters:
+        return mean_imm(self.trained)
+
+
+class ModeIMM(IMM):
+    """mode-IMM: the Fisher-weighted average of the task models."""
+
+    name = "mode-imm"
+    Options = ModeIMMOptions
+    opts: ModeIMMOptions
 
     def task_fisher(self, model: MultiHeadClassifier, task: Task) -> Mapping[str, torch.Tensor]:
         """F_t: exact per-sample true Fisher of task ``task``'s head logits on its training inputs."""
@@ -232,66 +266,26 @@ class IMM(Penalised):
             model,
             task,
             labels="true",
-            batch_size=self.fisher_batch_size,
-            max_samples=self.fisher_samples,
+            batch_size=self.opts.importance_batch_size,
+            max_samples=self.opts.max_samples,
             seed=self.seed,
         )
 
     def after_task(self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]) -> None:
-        theta = _snapshot(model)
-        self.trained.append(theta)
-        if self.merge == "mode":
-            measured = self.task_fisher(model, task)
-            self.fishers.append(
-                {
-                    name: (
-                        measured[name].detach().to("cpu", value.dtype)
-                        if name in measured
-                        else torch.zeros_like(value)
-                    )
-                    + self.eps
-                    for name, value in theta.items()
-                }
-            )
-        load_values(model, self.merged())
+        # F_t of the trained θ_t, before the merge replaces it
+        measured = self.task_fisher(model, task)
+        self.fishers.append(
+            {
+                name: (
+                    measured[name].detach().to("cpu", param.dtype)
+                    if name in measured
+                    else torch.zeros_like(param, device="cpu")
+                )
+                + self.opts.eps
+                for name, param in model.named_parameters()
+            }
+        )
+        super().after_task(model, task, seen)
 
     def merged(self) -> Parameters:
-        """The IMM merge of the models stored so far (what is evaluated after each task)."""
-        if self.merge == "mean":
-            return mean_imm(self.trained)
         return mode_imm(self.trained, self.fishers)
-
-
-class MeanIMM(IMM):
-    """mean-IMM: the merged model is the plain average of the task models (``merge="mean"``)."""
-
-    name = "mean-imm"
-
-    def __init__(self, strength: float = 1e-4, *, weight_transfer: bool = True) -> None:
-        super().__init__("mean", strength, weight_transfer=weight_transfer)
-
-
-class ModeIMM(IMM):
-    """mode-IMM: the Fisher-weighted average of the task models (``merge="mode"``)."""
-
-    name = "mode-imm"
-
-    def __init__(
-        self,
-        strength: float = 1e-4,
-        *,
-        weight_transfer: bool = True,
-        eps: float = 1e-8,
-        fisher_batch_size: int = 500,
-        fisher_samples: int | None = None,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(
-            "mode",
-            strength,
-            weight_transfer=weight_transfer,
-            eps=eps,
-            fisher_batch_size=fisher_batch_size,
-            fisher_samples=fisher_samples,
-            seed=seed,
-        )

@@ -15,13 +15,22 @@ free while its task is learned.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
 from memaware.data.scenarios import SETTINGS, Setting, Task
-from memaware.methods.regulariser import QuadraticRegulariser
+from memaware.methods.options import StrengthOptions
+from memaware.methods.regulariser import Accumulation, QuadraticRegulariser
 from memaware.models.multihead import MultiHeadClassifier
+
+
+@dataclass(frozen=True, kw_only=True)
+class L2Options(StrengthOptions):
+    """L2 settings: λ only (Ω ≡ 1)."""
+
+    method = "l2"
 
 
 class L2(QuadraticRegulariser):
@@ -29,13 +38,12 @@ class L2(QuadraticRegulariser):
 
     name: ClassVar[str] = "l2"
     scenarios: ClassVar[tuple[Setting, ...]] = SETTINGS
+    Options = L2Options
+    opts: L2Options
 
-    def __init__(self, *, strength: float = 1.0) -> None:
+    def accumulation(self) -> tuple[Accumulation, float]:
         # "blend" with α = 0 replaces Ω by the new Ω (ones): Ω ≡ 1, never summed.
-        super().__init__(strength, accumulation="blend", alpha=0.0)
-
-    def options(self) -> dict[str, object]:
-        return {"strength": self.strength}
+        return "blend", 0.0
 
     def importance(
         self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]

@@ -21,15 +21,15 @@ a head created for a new task has no Ω and is free while its task is learned.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import ClassVar, Literal
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from memaware.data.scenarios import SETTINGS, Setting, Task
-from memaware.errors import ConfigError
 from memaware.importance import batches, local_mas
-from memaware.methods.regulariser import QuadraticRegulariser
+from memaware.methods.regulariser import AccumulatedOptions, QuadraticRegulariser
 from memaware.models.multihead import MultiHeadClassifier
 
 _PREFIX = "model."
@@ -47,48 +47,27 @@ class _HeadView(nn.Module):
         return self.model(x, self.head)  # type: ignore[no-any-return]
 
 
+@dataclass(frozen=True, kw_only=True)
+class LocalMASOptions(AccumulatedOptions):
+    """l-MAS settings: λ, the inputs Ω is computed on, and how Ω adds up over tasks."""
+
+    method = "l-mas"
+
+
 class LocalMAS(QuadraticRegulariser):
     """l-MAS: Ω from the co-activations of the neurons each weight connects."""
 
     name: ClassVar[str] = "l-mas"
     scenarios: ClassVar[tuple[Setting, ...]] = SETTINGS
-
-    def __init__(
-        self,
-        *,
-        strength: float = 1.0,
-        accumulation: Literal["sum", "blend"] = "sum",
-        alpha: float = 0.5,
-        batch_size: int = 256,
-        max_samples: int | None = None,
-    ) -> None:
-        if batch_size < 1:
-            raise ConfigError(f"{self.name}: the batch size must be >= 1, got {batch_size}")
-        if max_samples is not None and max_samples < 1:
-            raise ConfigError(f"{self.name}: max_samples must be >= 1 or None, got {max_samples}")
-        if accumulation not in ("sum", "blend"):
-            raise ConfigError(
-                f"{self.name}: unknown accumulation {accumulation!r}; use sum or blend"
-            )
-        super().__init__(strength, accumulation, alpha)
-        self.batch_size = batch_size
-        self.max_samples = max_samples
-
-    def options(self) -> dict[str, object]:
-        return {
-            "strength": self.strength,
-            "accumulation": self.accumulation,
-            "alpha": self.alpha,
-            "batch_size": self.batch_size,
-            "max_samples": self.max_samples,
-        }
+    Options = LocalMASOptions
+    opts: LocalMASOptions
 
     def importance(
         self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]
     ) -> Mapping[str, torch.Tensor]:
         omega = local_mas(
             _HeadView(model, task.head),
-            batches(task.train_x, self.batch_size),
-            max_samples=self.max_samples,
+            batches(task.train_x, self.opts.importance_batch_size),
+            max_samples=self.opts.max_samples,
         )
         return {name.removeprefix(_PREFIX): value for name, value in omega.items()}

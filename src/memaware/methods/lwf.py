@@ -30,8 +30,8 @@ then train everything jointly: a randomly initialised head otherwise sends large
 gradients into the shared body during the first steps. Here ``before_task`` does this in a
 self-contained loop: the shared features f(x) of the task's training inputs are computed once
 (no gradient), then ``warmup_epochs`` epochs of Adam (lr ``warmup_lr``) on the cross-entropy of
-the new head only, batches of ``batch_size`` drawn from a generator seeded with ``seed`` and the
-task index. Nothing else moves: the backbone and the other heads take no gradient, and the
+the new head only, batches of ``batch_size`` drawn from a generator seeded with the run's seed and
+the task index. Nothing else moves: the backbone and the other heads take no gradient, and the
 global random state is not touched (the heads created later initialise exactly as without
 warm-up). A head is "new" when no earlier task used it, so warm-up happens only in the
 task-incremental setting, from the second task on (the first task has no trained body to
@@ -53,14 +53,15 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from memaware.data.scenarios import SETTINGS, Setting, Task
-from memaware.errors import ConfigError
-from memaware.methods.base import Batch, Method
+from memaware.methods.base import Batch, Method, task_seed
+from memaware.methods.options import MethodOptions, StrengthOptions
 from memaware.models.multihead import MultiHeadClassifier
 
 #: rows per forward pass when computing features of a whole training set without gradient
@@ -87,11 +88,6 @@ def backbone_features(model: MultiHeadClassifier, x: torch.Tensor) -> torch.Tens
         model.train(was_training)
 
 
-def task_seed(seed: int, task: Task) -> int:
-    """A generator seed for one task's auxiliary loop, from the method's seed and the task index."""
-    return seed * 1_000_003 + task.index
-
-
 def freeze(model: MultiHeadClassifier) -> MultiHeadClassifier:
     """A deep copy of ``model`` in eval mode with every parameter frozen (the teacher)."""
     teacher = copy.deepcopy(model)
@@ -100,50 +96,47 @@ def freeze(model: MultiHeadClassifier) -> MultiHeadClassifier:
     return teacher
 
 
+@dataclass(frozen=True, kw_only=True)
+class LwFOptions(StrengthOptions):
+    """LwF settings: λ_o, the temperature and the new head's warm-up."""
+
+    method = "lwf"
+
+    strength: float = field(
+        default=1.0, metadata={"help": "λ_o, the weight of the distillation term (times T²)"}
+    )
+    temperature: float = field(default=2.0, metadata={"help": "T of the softened outputs, > 0"})
+    warmup_epochs: int = field(
+        default=10, metadata={"help": "epochs of the new head alone on fixed features (0: none)"}
+    )
+    warmup_lr: float = field(default=1e-2, metadata={"help": "Adam's learning rate of the warm-up"})
+    batch_size: int = field(
+        default=128, metadata={"help": "batch size of the warm-up (and of EBLL's autoencoders)"}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.require_positive("temperature", "warmup_lr")
+        self.require_at_least("warmup_epochs", 0)
+        self.require_at_least("batch_size", 1)
+
+
 class LwF(Method):
     """Learning without Forgetting: distil the previous model's old-head outputs on new inputs."""
 
     name = "lwf"
     scenarios: ClassVar[tuple[Setting, ...]] = SETTINGS
+    Options = LwFOptions
+    opts: LwFOptions
 
     def __init__(
-        self,
-        strength: float = 1.0,
-        *,
-        temperature: float = 2.0,
-        warmup_epochs: int = 10,
-        warmup_lr: float = 1e-2,
-        batch_size: int = 128,
-        seed: int = 0,
+        self, options: MethodOptions | None = None, /, *, seed: int = 0, **fields: Any
     ) -> None:
-        if strength < 0:
-            raise ConfigError(f"{self.name}: the strength λ_o must be >= 0, got {strength}")
-        if not temperature > 0:
-            raise ConfigError(f"{self.name}: the temperature must be > 0, got {temperature}")
-        if warmup_epochs < 0:
-            raise ConfigError(f"{self.name}: warm-up epochs must be >= 0, got {warmup_epochs}")
-        if not warmup_lr > 0 or batch_size < 1:
-            raise ConfigError(f"{self.name}: the warm-up lr and batch size must be positive")
-        self.strength = strength
-        self.temperature = temperature
-        self.warmup_epochs = warmup_epochs
-        self.warmup_lr = warmup_lr
-        self.batch_size = batch_size
-        self.seed = seed
+        super().__init__(options, seed=seed, **fields)
         #: the model as it was at the end of the previous task (None during the first task)
         self.teacher: MultiHeadClassifier | None = None
         #: the heads of the previous tasks, distilled while learning the current one
         self.old_heads: list[int] = []
-
-    def options(self) -> dict[str, object]:
-        return {
-            "strength": self.strength,
-            "temperature": self.temperature,
-            "warmup_epochs": self.warmup_epochs,
-            "warmup_lr": self.warmup_lr,
-            "batch_size": self.batch_size,
-            "seed": self.seed,
-        }
 
     def before_task(self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]) -> None:
         self.old_heads = list(dict.fromkeys(t.head for t in seen[:-1]))
@@ -151,7 +144,7 @@ class LwF(Method):
             self.teacher = None
             return
         self.teacher = freeze(model)
-        if task.head not in self.old_heads and self.warmup_epochs > 0:
+        if task.head not in self.old_heads and self.opts.warmup_epochs > 0:
             self.warm_up(model, task)
 
     def warm_up(self, model: MultiHeadClassifier, task: Task) -> None:
@@ -159,13 +152,13 @@ class LwF(Method):
         head = model.heads[str(task.head)]
         features = backbone_features(model, task.train_x)
         labels = task.train_y
-        optimizer = torch.optim.Adam(head.parameters(), lr=self.warmup_lr)
+        optimizer = torch.optim.Adam(head.parameters(), lr=self.opts.warmup_lr)
         generator = torch.Generator().manual_seed(task_seed(self.seed, task))
         was_training = head.training
         head.train()
-        for _ in range(self.warmup_epochs):
+        for _ in range(self.opts.warmup_epochs):
             order = torch.randperm(len(labels), generator=generator).to(labels.device)
-            for index in torch.split(order, self.batch_size):
+            for index in torch.split(order, self.opts.batch_size):
                 loss = F.cross_entropy(head(features[index]), labels[index])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
@@ -195,9 +188,9 @@ class LwF(Method):
             with torch.no_grad():
                 teacher_logits = teacher.heads[key](teacher_features)
             total = total + distillation_loss(
-                model.heads[key](features), teacher_logits, self.temperature
+                model.heads[key](features), teacher_logits, self.opts.temperature
             )
-        return self.strength * total
+        return self.opts.strength * total
 
     def loss_term(self, model: MultiHeadClassifier, batch: Batch) -> torch.Tensor | None:
         if self.teacher is None:

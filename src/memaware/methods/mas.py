@@ -13,63 +13,63 @@ A head created for a new task has no Ω and is free; the heads of past tasks are
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
 from memaware.data.scenarios import Task
-from memaware.errors import ConfigError
 from memaware.importance import batches, mas
 from memaware.importance.mas import Granularity, Norm
-from memaware.methods.regulariser import QuadraticRegulariser
+from memaware.methods.regulariser import AccumulatedOptions, QuadraticRegulariser
 from memaware.models.multihead import MultiHeadClassifier, heads_output
 
 
-@dataclass
-class MASOptions:
-    """MAS settings. ``strength`` is λ; ``importance_batch_size`` 200 is the authors' default.
+@dataclass(frozen=True, kw_only=True)
+class MASOptions(AccumulatedOptions):
+    """MAS settings (see :func:`memaware.importance.mas` for granularity and norm)."""
 
-    ``heads="learned"`` takes F as the concatenated logits of every head learned so far;
-    ``"current"`` only the head of the task just learned (what the authors' code sees).
-    ``importance_data`` picks the finished task's ``train`` inputs (the code's default), its
-    ``test`` inputs, or both, all without labels.
-    """
+    method = "mas"
 
-    strength: float = 1.0
-    granularity: Granularity = "sample"
-    norm: Norm = "l2sq"
-    accumulation: Literal["sum", "blend"] = "sum"
-    alpha: float = 0.5
-    heads: Literal["learned", "current"] = "learned"
-    importance_data: Literal["train", "test", "train+test"] = "train"
-    importance_batch_size: int = 200
-    max_samples: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.strength < 0:
-            raise ConfigError(f"MAS strength λ must be >= 0, got {self.strength}")
-        if self.importance_data not in ("train", "test", "train+test"):
-            raise ConfigError(
-                f"unknown importance data {self.importance_data!r}: use train, test or train+test"
-            )
-        if self.heads not in ("learned", "current"):
-            raise ConfigError(f"unknown heads option {self.heads!r}: use learned or current")
+    importance_batch_size: int = field(
+        default=200,
+        metadata={
+            "help": "inputs per batch of the Ω pass; with granularity=batch also the batch each "
+            "gradient is taken over (the authors' 200)"
+        },
+    )
+    granularity: Granularity = field(
+        default="sample",
+        metadata={
+            "help": "sample: the exact per-sample Ω; batch: |gradient| of each batch's mean "
+            "‖F‖² (the authors' code)"
+        },
+    )
+    norm: Norm = field(
+        default="l2sq", metadata={"help": "the output norm: l2sq ‖F‖² (the paper), l2, l1, vector"}
+    )
+    heads: Literal["learned", "current"] = field(
+        default="learned",
+        metadata={
+            "help": "F = the logits of every head learned so far (learned) or of the task just "
+            "learned (current, what the authors' code sees)"
+        },
+    )
+    importance_data: Literal["train", "test", "train+test"] = field(
+        default="train",
+        metadata={"help": "the finished task's inputs Ω is computed on (unlabelled)"},
+    )
 
 
 class MAS(QuadraticRegulariser):
-    """Global MAS with exact per-sample importance (or the authors' batched estimate)."""
+    """Global MAS with exact per-sample importance (or the authors' batched estimate).
+
+    ``MAS(MASOptions(...))`` or ``MAS(strength=..., granularity=...)`` (fields of MASOptions).
+    """
 
     name = "mas"
     Options = MASOptions
-
-    def __init__(self, options: MASOptions | None = None, **fields: Any) -> None:
-        """``MAS(MASOptions(...))`` or ``MAS(strength=..., granularity=...)`` (fields of MASOptions)."""
-        self.opts = replace(options or MASOptions(), **fields)
-        super().__init__(self.opts.strength, self.opts.accumulation, self.opts.alpha)
-
-    def options(self) -> dict[str, object]:
-        return asdict(self.opts)
+    opts: MASOptions
 
     def importance_inputs(self, task: Task) -> torch.Tensor:
         """The unlabelled inputs Ω is computed on."""

@@ -8,8 +8,8 @@ After each task t, on that task's labelled training data and the logits of its h
 
 and while learning task t+1 the loss is  L_task + λ Σ_i F_i (θ_i − θ*_i)².
 
-Labels are drawn from the model (``labels="true"``, seeded) or taken from the data
-(``labels="empirical"``). We write no factor ½, like the MAS penalty: our λ is half the λ of
+Labels are drawn from the model (``labels="true"``, seeded by the run's seed) or taken from the
+data (``labels="empirical"``). We write no factor ½, like the MAS penalty: our λ is half the λ of
 papers that write (λ/2) Σ F (θ − θ*)². γ also decays the Fisher of parameters the new task does
 not reach (the heads of earlier tasks), as F ← γF + F_new does with F_new = 0 there.
 """
@@ -17,15 +17,30 @@ not reach (the heads of earlier tasks), as F ← γF + F_new does with F_new = 0
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 
 from memaware.data.scenarios import SETTINGS, Setting, Task
-from memaware.errors import ConfigError
-from memaware.methods.ewc import FisherLabels, check_fisher_options, task_fisher
+from memaware.methods.ewc import EWCOptions, task_fisher
 from memaware.methods.regulariser import QuadraticRegulariser
 from memaware.models.multihead import MultiHeadClassifier
+
+
+@dataclass(frozen=True, kw_only=True)
+class OnlineEWCOptions(EWCOptions):
+    """Online EWC settings: EWC's, and the decay γ of the running Fisher."""
+
+    method = "online-ewc"
+
+    gamma: float = field(
+        default=1.0, metadata={"help": "γ in F ← γF + F_new, in [0, 1] (1: the plain sum)"}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.require_within("gamma", 0.0, 1.0)
 
 
 class OnlineEWC(QuadraticRegulariser):
@@ -33,36 +48,8 @@ class OnlineEWC(QuadraticRegulariser):
 
     name: ClassVar[str] = "online-ewc"
     scenarios: ClassVar[tuple[Setting, ...]] = SETTINGS
-
-    def __init__(
-        self,
-        *,
-        strength: float = 1.0,
-        gamma: float = 1.0,
-        labels: FisherLabels = "true",
-        batch_size: int = 256,
-        max_samples: int | None = None,
-        seed: int = 0,
-    ) -> None:
-        check_fisher_options(self.name, strength, labels, batch_size, max_samples)
-        if not 0.0 <= gamma <= 1.0:
-            raise ConfigError(f"{self.name}: the decay γ must be in [0, 1], got {gamma}")
-        super().__init__(strength, accumulation="sum")
-        self.gamma = gamma
-        self.labels: FisherLabels = labels
-        self.batch_size = batch_size
-        self.max_samples = max_samples
-        self.seed = seed
-
-    def options(self) -> dict[str, object]:
-        return {
-            "strength": self.strength,
-            "gamma": self.gamma,
-            "labels": self.labels,
-            "batch_size": self.batch_size,
-            "max_samples": self.max_samples,
-            "seed": self.seed,
-        }
+    Options = OnlineEWCOptions
+    opts: OnlineEWCOptions
 
     def importance(
         self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]
@@ -70,15 +57,15 @@ class OnlineEWC(QuadraticRegulariser):
         return task_fisher(
             model,
             task,
-            labels=self.labels,
-            batch_size=self.batch_size,
-            max_samples=self.max_samples,
+            labels=self.opts.labels,
+            batch_size=self.opts.importance_batch_size,
+            max_samples=self.opts.max_samples,
             seed=self.seed,
         )
 
     def after_task(self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]) -> None:
         # F ← γF + F_new: decay the running Fisher, then the base class adds F_new ("sum") and
         # re-anchors the penalty at the current parameters.
-        if self.omega is not None and self.gamma != 1.0:
-            self.omega = {name: self.gamma * value for name, value in self.omega.items()}
+        if self.omega is not None and self.opts.gamma != 1.0:
+            self.omega = {name: self.opts.gamma * value for name, value in self.omega.items()}
         super().after_task(model, task, seen)

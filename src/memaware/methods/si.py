@@ -27,14 +27,35 @@ accumulation of Ω.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 
 from memaware.data.scenarios import SETTINGS, Setting, Task
 from memaware.errors import ConfigError
+from memaware.methods.options import MethodOptions, StrengthOptions
 from memaware.methods.regulariser import QuadraticRegulariser
 from memaware.models.multihead import MultiHeadClassifier
+
+
+@dataclass(frozen=True, kw_only=True)
+class SIOptions(StrengthOptions):
+    """SI settings: c (``strength``) and the damping ξ."""
+
+    method = "si"
+
+    strength: float = field(
+        default=1.0, metadata={"help": "c, the weight of the penalty c Σ Ω (θ − θ*)²"}
+    )
+    damping: float = field(
+        default=0.1,
+        metadata={"help": "ξ in Ω = w / (Δθ² + ξ), > 0 (Hsu et al. 0.1; Zenke et al. 1e-3)"},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.require_positive("damping")
 
 
 class SI(QuadraticRegulariser):
@@ -42,12 +63,13 @@ class SI(QuadraticRegulariser):
 
     name = "si"
     scenarios: ClassVar[tuple[Setting, ...]] = SETTINGS
+    Options = SIOptions
+    opts: SIOptions
 
-    def __init__(self, strength: float = 1.0, damping: float = 0.1) -> None:
-        if not damping > 0:
-            raise ConfigError(f"si: the damping ξ must be > 0, got {damping}")
-        super().__init__(strength, accumulation="sum")
-        self.damping = damping
+    def __init__(
+        self, options: MethodOptions | None = None, /, *, seed: int = 0, **fields: Any
+    ) -> None:
+        super().__init__(options, seed=seed, **fields)
         # Aligned lists over the parameters tracked so far (``_names`` order):
         self._names: list[str] = []
         self._params: list[torch.Tensor] = []
@@ -56,9 +78,6 @@ class SI(QuadraticRegulariser):
         self._path: list[torch.Tensor] = []  # w
         self._task_grad: list[torch.Tensor] = []  # g of the current step, before the penalty's
         self._active: list[int] | None = None  # the parameters with a task gradient this step
-
-    def options(self) -> dict[str, object]:
-        return {"strength": self.strength, "damping": self.damping}
 
     @property
     def path_integral(self) -> dict[str, torch.Tensor]:
@@ -123,7 +142,7 @@ class SI(QuadraticRegulariser):
         current = [p.detach() for p in self._params]
         denominator = torch._foreach_sub(current, self._start)
         torch._foreach_mul_(denominator, denominator)
-        torch._foreach_add_(denominator, self.damping)
+        torch._foreach_add_(denominator, self.opts.damping)
         omega = torch._foreach_div(self._path, denominator)
         # w < 0 where the parameter's moves raised the task loss on balance (an optimizer
         # overshoot, noise, the penalty pulling against the task). Negative importance would make
