@@ -685,18 +685,27 @@ def test_layer_not_reaching_the_output_is_absent() -> None:
     assert set(mas(model, [torch.randn(2, 4)])) == {"body.weight", "body.bias"}
 
 
-def test_module_returning_a_tuple_is_a_config_error() -> None:
-    class Recurrent(nn.Module):
+def test_module_returning_no_tensor_is_a_config_error() -> None:
+    class Counter(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.gru = nn.GRU(3, 4, batch_first=True)
+            self.w = nn.Parameter(torch.ones(3))
+
+        def forward(self, x: torch.Tensor) -> tuple[int, int]:
+            return (1, 2)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.counter = Counter()
+            self.out = nn.Linear(3, 2)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.gru(x)[0]
+            self.counter(x)
+            return self.out(x)
 
-    with pytest.raises(ConfigError, match="granularity='batch'"):
-        mas(Recurrent(), [torch.randn(2, 5, 3)])
-    assert len(mas(Recurrent(), [torch.randn(2, 5, 3)], granularity="batch")) == 4
+    with pytest.raises(ConfigError, match=r"counter .*no tensor"):
+        mas(Net(), [torch.randn(2, 3)])
 
 
 def test_fallback_module_called_with_keyword_arguments() -> None:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memaware.errors import ConfigError
-from memaware.importance.exact import ExactEngine
+from memaware.importance.exact import ExactEngine, compute_dtype
 from memaware.importance.mas import Mode, OutputFn, _device, _ModeSwitch, model_output
 from memaware.importance.state import Importance
 
@@ -38,7 +38,7 @@ def fisher(
         raise ConfigError(f"unknown Fisher labels {labels!r}; use 'empirical' or 'true'")
     forward = outputs or model_output
     device = _device(model)
-    engine = ExactEngine(model, torch.square)
+    engine = ExactEngine(model, torch.square, 2)
     n = 0
     with _ModeSwitch(model, mode), torch.enable_grad():
         for batch in data:
@@ -58,7 +58,11 @@ def fisher(
                 if labels == "true":
                     probs = F.softmax(logits.detach(), dim=-1)
                     target = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-                return [F.cross_entropy(logits, target, reduction="sum")]
+                return [
+                    F.cross_entropy(
+                        logits.to(compute_dtype(logits.dtype)), target, reduction="none"
+                    )
+                ]
 
             engine.add_batch(x, objectives)
             n += len(x)

@@ -12,14 +12,14 @@ computed on unlabelled inputs with the model in eval mode.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from memaware.errors import ConfigError
-from memaware.importance.exact import ExactEngine
+from memaware.importance.exact import ExactEngine, compute_dtype
 from memaware.importance.state import Importance
 
 Granularity = Literal["sample", "batch"]
@@ -65,10 +65,11 @@ def batches(x: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
 def output_objectives(
     norm: Norm, outputs: OutputFn
 ) -> Callable[[nn.Module, torch.Tensor], list[torch.Tensor]]:
-    """Scalars Σ_k ℓ(F(x_k)) for the chosen output functional ℓ.
+    """Per-sample objectives ℓ(F(x_k)), each of shape (N,), for the chosen output functional ℓ.
 
     ``l2sq``: ‖F‖² (paper); ``l2``: ‖F‖; ``l1``: Σ|F_u|; ``vector``: one objective per output unit u,
-    Σ_k F_u(x_k), whose gradient magnitudes are summed over units (the authors' per-unit option).
+    F_u(x_k), whose gradient magnitudes are summed over units (the authors' per-unit option).
+    F is taken in float32 at least, so that ‖F‖² of a half-precision model cannot overflow.
     """
     if norm not in NORMS:
         raise ConfigError(f"unknown output norm {norm!r}; choose one of {', '.join(NORMS)}")
@@ -76,13 +77,14 @@ def output_objectives(
     def objectives(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
         out = outputs(model, x)
         out = out.reshape(out.shape[0], -1)
+        out = out.to(compute_dtype(out.dtype))
         if norm == "l2sq":
-            return [out.square().sum()]
+            return [out.square().sum(1)]
         if norm == "l2":
-            return [torch.linalg.vector_norm(out, dim=1).sum()]
+            return [torch.linalg.vector_norm(out, dim=1)]
         if norm == "l1":
-            return [out.abs().sum()]
-        return list(out.sum(0).unbind())
+            return [out.abs().sum(1)]
+        return list(out.unbind(1))
 
     return objectives
 
@@ -118,6 +120,7 @@ def mas(
     outputs: OutputFn | None = None,
     mode: Mode = "eval",
     max_samples: int | None = None,
+    sample_dims: Mapping[str, int] | None = None,
 ) -> Importance:
     """MAS importance of every trainable parameter of ``model`` that reaches F, keyed by name.
 
@@ -129,6 +132,9 @@ def mas(
         outputs: ``F(model, x)``; e.g. the heads of the tasks learned so far. Default ``model(x)``.
         mode: ``"eval"`` (paper, dropout off, BatchNorm running statistics) or ``"train"``.
         max_samples: use at most this many inputs.
+        sample_dims: module name -> the dimension that holds the sample in that module's (and
+            its descendants') inputs and outputs, where it is not 0 and the engine cannot tell
+            from the sizes (see :mod:`memaware.importance.exact`).
 
     Returns:
         :class:`Importance` whose mapping view is Ω, with ``n_samples`` = inputs used.
@@ -140,7 +146,7 @@ def mas(
     meta = {"method": "mas", "granularity": granularity, "norm": norm, "mode": mode}
     with _ModeSwitch(model, mode), torch.enable_grad():
         if granularity == "sample":
-            engine = ExactEngine(model, torch.abs)
+            engine = ExactEngine(model, torch.abs, 1, sample_dims)
             n = 0
             for x in input_batches(data, max_samples):
                 engine.add_batch(x.to(device), objectives)
@@ -168,12 +174,13 @@ def _batched(
         magnitude: list[torch.Tensor | None] = [None] * len(params)
         for i, loss in enumerate(losses):
             grads = torch.autograd.grad(
-                loss, params, allow_unused=True, retain_graph=i < len(losses) - 1
+                loss.sum(), params, allow_unused=True, retain_graph=i < len(losses) - 1
             )
             for j, g in enumerate(grads):
                 if g is not None:
+                    g = g.to(compute_dtype(g.dtype)).abs()
                     current = magnitude[j]
-                    magnitude[j] = g.abs() if current is None else current + g.abs()
+                    magnitude[j] = g if current is None else current + g
         for name, value in zip(names, magnitude, strict=True):
             if value is not None:
                 value = value / len(x)

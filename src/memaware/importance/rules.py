@@ -32,8 +32,12 @@ class Reduce(Protocol):
     def __call__(self, input: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
-Rule = Callable[[Any, tuple[Any, ...], torch.Tensor, Reduce], dict[str, torch.Tensor] | None]
-"""A rule returns ``None`` when it cannot handle this configuration of its module type."""
+Rule = Callable[[Any, tuple[Any, ...], Any, Reduce], dict[str, torch.Tensor] | None]
+"""A rule returns ``None`` when it cannot handle this configuration of its module type.
+
+Its third argument is δ: a tensor for a module returning one tensor, else a tuple with one
+entry per output tensor (``None`` for an output that does not reach the objective).
+"""
 
 RULES: dict[type[nn.Module], Rule] = {}
 
@@ -93,13 +97,22 @@ def linear_rule(
     a3 = a.reshape(n, -1, a.shape[-1])
     d3 = delta.reshape(n, -1, delta.shape[-1])
     if _wants_weight(module):
-        weight = torch.zeros_like(module.weight)
-        for part in chunks(n, module.weight.numel()):
-            per_sample = torch.einsum("nto,nti->noi", d3[part], a3[part])
-            weight += f(per_sample, out=per_sample).sum(0)
-        out["weight"] = weight
+        out["weight"] = sequence_linear(d3, a3, f)
     _with_bias(module, out, lambda: f(d3.sum(1)).sum(0))
     return out
+
+
+def sequence_linear(d3: torch.Tensor, a3: torch.Tensor, f: Reduce) -> torch.Tensor:
+    """Σ_k f(Σ_t δ_kt a_ktᵀ) for a linear map applied at every position t of each sample.
+
+    ``d3`` is (N, T, out), ``a3`` (N, T, in); the per-sample gradients (out × in) are
+    materialised ``CHUNK_ELEMENTS`` at a time.
+    """
+    total = d3.new_zeros(d3.shape[-1], a3.shape[-1])
+    for part in chunks(d3.shape[0], total.numel()):
+        per_sample = torch.einsum("nto,nti->noi", d3[part], a3[part])
+        total += f(per_sample, out=per_sample).sum(0)
+    return total
 
 
 # Measured on CPU (3×3 kernels, 256 samples): for a small fan-in (3 input channels) copying each
@@ -136,7 +149,7 @@ def conv_rule(
             per_sample_chunks = _unfolded(module, x, delta)
         else:
             per_sample_chunks = _grouped(module, x, delta)
-        weight = torch.zeros_like(module.weight)
+        weight = module.weight.new_zeros(module.weight.shape, dtype=delta.dtype)
         for per_sample in per_sample_chunks:
             weight += f(per_sample, out=per_sample).sum(0).reshape(weight.shape)
         out["weight"] = weight
@@ -226,7 +239,7 @@ def embedding_rule(
     unique, inverse = torch.unique(keys, return_inverse=True)
     per_pair = torch.zeros(len(unique), dim, dtype=delta.dtype, device=delta.device)
     per_pair.index_add_(0, inverse, delta.reshape(-1, dim))
-    weight = torch.zeros_like(module.weight)
+    weight = module.weight.new_zeros(module.weight.shape, dtype=delta.dtype)
     weight.index_add_(0, unique % rows, f(per_pair))
     if module.padding_idx is not None:
         weight[module.padding_idx] = 0
