@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import memaware.training.experiment as experiment
+from helpers import small_split_mnist
 from memaware.cli.main import main
+from memaware.data.sources import ImageDataset
 from memaware.errors import ConfigError
 from memaware.methods import METHODS, make_method, methods_for
-from memaware.training.experiment import aggregate
+from memaware.training import TrainConfig
+from memaware.training.experiment import ExperimentSpec, aggregate, run_experiment
 
 
 def test_every_method_is_registered_and_declares_its_scenarios() -> None:
@@ -63,3 +68,35 @@ def test_compare_two_methods_two_seeds(tmp_path: Path) -> None:
     for name in ("comparison.png", "curves.png", "accuracy.png", "results.md"):
         assert (out / name).stat().st_size > 0
     assert "±" in (out / "results.md").read_text()
+
+
+def test_the_run_seed_reaches_every_method(
+    monkeypatch: pytest.MonkeyPatch, mnist: ImageDataset
+) -> None:
+    scenario = small_split_mnist(mnist, "task", n_train=200, n_tasks=2)
+    monkeypatch.setattr(experiment, "make_scenario", lambda *args, **kwargs: scenario)
+    seen: list[tuple[str, int, int]] = []
+    real = experiment.run_method
+
+    def spy(method: Any, stream: Any, make_model: Any, config: TrainConfig, **kwargs: Any) -> Any:
+        seen.append((method.name, method.seed, config.seed))
+        return real(method, stream, make_model, config, **kwargs)
+
+    monkeypatch.setattr(experiment, "run_method", spy)
+    spec = ExperimentSpec(
+        methods=("ewc", "lwf"), seeds=(3, 5), train=TrainConfig(epochs=1), hidden=(16,)
+    )
+    first = run_experiment(spec)
+    # the method built for each seed draws its own streams (labels, warm-up order) from it
+    assert seen == [("ewc", 3, 3), ("ewc", 5, 5), ("lwf", 3, 3), ("lwf", 5, 5)]
+    again = run_experiment(spec)
+    for name in ("ewc", "lwf"):
+        runs = [
+            [
+                {k: v for k, v in run.items() if k != "wall_time_s"}
+                for run in r["methods"][name]["runs"]
+            ]
+            for r in (first, again)
+        ]
+        assert runs[0] == runs[1]  # the same seeds, the same numbers
+        assert "seed" not in first["methods"][name]["options"]

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import memaware.training.sweep as sweep
+from helpers import small_split_mnist
 from memaware.cli.main import main
-from memaware.training.sweep import merge_sweeps
+from memaware.data.sources import ImageDataset
+from memaware.training import TrainConfig
+from memaware.training.sweep import merge_sweeps, sweep_strength
 
 
 def _entry(scores: dict[str, list[float]], date: str, seeds: list[int] | None = None) -> dict:
@@ -51,6 +56,11 @@ def test_merge_refuses_a_different_protocol() -> None:
     new = _entry({"10": [0.5, 0.5]}, "2026-11-28")
     assert merge_sweeps(old, new) == new
     assert merge_sweeps(None, new) == new
+    # other method options are another protocol too
+    plain = _entry({"1": [0.5, 0.5]}, "2026-11-27")
+    other = _entry({"10": [0.6, 0.6]}, "2026-11-28")
+    other["provenance"]["options"] = {"labels": "empirical"}
+    assert merge_sweeps(plain, other) == other
 
 
 def test_sweep_command_writes_and_extends_a_preset(
@@ -98,3 +108,74 @@ def test_shipped_presets_are_consistent_with_their_provenance() -> None:
                     scenario,
                     method,
                 )
+
+
+@pytest.fixture
+def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    def forbidden(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("work started before the input was checked")
+
+    monkeypatch.setattr(sweep, "make_scenario", forbidden)
+    monkeypatch.setattr(sweep, "run_method", forbidden)
+
+
+@pytest.mark.usefixtures("no_work")
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--values", "nan"], "non-empty list of finite numbers >= 0, got [nan]"),
+        (["--values", "1,inf"], "finite numbers >= 0"),
+        (["--values", "1,-1"], "finite numbers >= 0"),
+        (["--method", "finetune"], "finetune has no strength to sweep"),
+        (["--method", "gem"], "unknown method 'gem'"),
+        (["--scenario", "online"], "unknown scenario"),
+        (["--benchmark", "cifar"], "unknown benchmark"),
+        (["--seeds", "0"], "at least one seed"),
+        (["--validation", "1.5"], "validation fraction must be in (0, 1)"),
+        (["--option", "mas.strength=1"], "mas.strength is what the sweep tunes"),
+        (["--option", "ewc.labels=empirical"], "the sweep trains mas alone"),
+        (["--option", "mas.heads=all"], "expected one of learned, current"),
+        (["--preset-dir", "/proc/memaware-presets"], "cannot write to the output folder"),
+    ],
+)
+def test_bad_sweep_input_exits_2_before_any_work(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, args: list[str], message: str
+) -> None:
+    base = ["sweep", "--method", "mas", "--seeds", "1", "--preset-dir", str(tmp_path)]
+    assert main([*base, *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("memaware: error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "split-mnist.json").exists()
+
+
+def test_sweep_options_and_seeds_reach_the_method(
+    monkeypatch: pytest.MonkeyPatch, mnist: ImageDataset
+) -> None:
+    scenario = small_split_mnist(mnist, "task", n_train=200, n_tasks=2)
+    monkeypatch.setattr(sweep, "make_scenario", lambda *args, **kwargs: scenario)
+    seen: list[tuple[float, str, int]] = []
+    real = sweep.run_method
+
+    def spy(method: Any, stream: Any, make_model: Any, config: TrainConfig, **kwargs: Any) -> Any:
+        seen.append((method.opts.strength, method.opts.labels, method.seed))
+        assert method.seed == config.seed
+        return real(method, stream, make_model, config, **kwargs)
+
+    monkeypatch.setattr(sweep, "run_method", spy)
+    entry = sweep_strength(
+        "split-mnist",
+        "task",
+        "ewc",
+        [0.0, 1.0],
+        [0, 1],
+        train=TrainConfig(epochs=1),
+        hidden=(16,),
+        options={"labels": "empirical"},
+    )
+    assert seen == [
+        (0.0, "empirical", 0),
+        (0.0, "empirical", 1),
+        (1.0, "empirical", 0),
+        (1.0, "empirical", 1),
+    ]
+    assert entry["provenance"]["options"] == {"labels": "empirical"}

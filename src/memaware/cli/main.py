@@ -6,6 +6,7 @@
   several seeds, with mean ± std and the paper's Figure 3 style bar chart;
 * ``memaware sweep``: tune a method's strength on a validation split and store it as a preset;
   ``memaware presets``: the stored presets as a markdown table;
+* ``memaware options``: every method's options (``--option METHOD.FIELD=VALUE``), as a table;
 * ``memaware bench importance``: speed of the importance engine;
   ``memaware bench training``: a whole MAS run against a bare PyTorch script.
 """
@@ -13,20 +14,28 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from memaware.configs import PRESET_DIR, load_presets, preset_path
 from memaware.data.benchmarks import BENCHMARKS, check_benchmark
 from memaware.data.scenarios import SETTINGS
 from memaware.errors import MemawareError
-from memaware.methods import METHODS
-from memaware.reports import results_table, write_report
+from memaware.methods import METHODS, method_class, option_docs, parse_option
+from memaware.reports import atomic_write_json, results_table, write_report
 from memaware.reports.markdown import presets_table
-from memaware.training.experiment import ExperimentSpec, default_out_dir, run_experiment
+from memaware.training.experiment import (
+    ExperimentError,
+    ExperimentSpec,
+    default_out_dir,
+    prepare_out_dir,
+    run_experiment,
+)
 from memaware.training.loop import OPTIMIZERS, TrainConfig
-from memaware.training.sweep import sweep_strength, write_sweep
+from memaware.training.sweep import check_sweep, sweep_strength, write_sweep
 
 
 def _int_list(text: str) -> list[int]:
@@ -49,6 +58,31 @@ def _float_list(text: str) -> list[float]:
 
 def _name_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+OPTIONS_HELP = """\
+method options: --option METHOD.FIELD=VALUE sets any field of a method's options (repeatable),
+e.g. --option mas.heads=current --option ewc.labels=empirical; VALUE is read by the field's type
+(none, true/false, a number, a choice). `memaware options` lists every method's fields."""
+
+
+def _add_option_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="METHOD.FIELD=VALUE",
+        help="set one option of one method (repeatable; see `memaware options`)",
+    )
+
+
+def _method_options(texts: Sequence[str]) -> dict[str, dict[str, object]]:
+    """``--option`` texts as ``{method: {field: value}}`` (later ones win); ConfigError if bad."""
+    options: dict[str, dict[str, object]] = {}
+    for text in texts:
+        name, field, value = parse_option(text)
+        options.setdefault(name, {})[field] = value
+    return options
 
 
 def _add_experiment_options(parser: argparse.ArgumentParser, methods: list[str]) -> None:
@@ -123,9 +157,10 @@ def _add_experiment_options(parser: argparse.ArgumentParser, methods: list[str])
     )
     add(
         "--granularity",
-        default="sample",
-        help="MAS importance: sample (exact) or batch (authors' code)",
+        default=None,
+        help="shorthand for --option mas.granularity=VALUE: sample (exact, default) or batch",
     )
+    _add_option_argument(parser)
     add("--hidden", type=_int_list, default=[400, 400], help="MLP hidden sizes (default 400,400)")
     add("--n-tasks", type=int, default=10, help="number of tasks of permuted-mnist (default 10)")
     add(
@@ -149,17 +184,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser(
-        "run", help="run methods on a benchmark (one seed) and write a report"
+        "run", help="run methods on a benchmark (one seed) and write a report", epilog=OPTIONS_HELP
     )
     _add_experiment_options(run, ["finetune", "mas"])
     run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
-    compare = commands.add_parser("compare", help="compare methods over several seeds")
+    compare = commands.add_parser(
+        "compare", help="compare methods over several seeds", epilog=OPTIONS_HELP
+    )
     _add_experiment_options(compare, ["all"])
     compare.add_argument("--seeds", type=int, default=3, help="run seeds 0..N-1 (default 3)")
 
     sweep = commands.add_parser(
-        "sweep", help="tune a method's λ on a validation split, save a preset"
+        "sweep", help="tune a method's λ on a validation split, save a preset", epilog=OPTIONS_HELP
     )
     sweep.add_argument("--benchmark", default="split-mnist")
     sweep.add_argument("--scenario", default="task")
@@ -179,7 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="forget the values a stored preset tried (default: merge grids of the same protocol)",
     )
+    _add_option_argument(sweep)
     sweep.add_argument("--no-progress", action="store_true")
+
+    options = commands.add_parser(
+        "options", help="every method's options, their types, defaults and meaning (markdown)"
+    )
+    options.add_argument("methods", nargs="*", help="only these methods (default all)")
 
     presets = commands.add_parser("presets", help="print the tuned presets as a markdown table")
     presets.add_argument(
@@ -200,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _experiment(args: argparse.Namespace, seeds: Sequence[int], command: str) -> int:
+    granularity = [] if args.granularity is None else [f"mas.granularity={args.granularity}"]
     spec = ExperimentSpec(
         benchmark=args.benchmark,
         scenario=args.scenario,
@@ -220,7 +264,7 @@ def _experiment(args: argparse.Namespace, seeds: Sequence[int], command: str) ->
             validation_fraction=args.validation,
         ),
         strength=args.strength,
-        method_options={"mas": {"granularity": args.granularity}},
+        method_options=_method_options([*granularity, *args.option]),
         hidden=tuple(args.hidden),
         n_tasks=args.n_tasks,
         data_dir=args.data_dir,
@@ -228,32 +272,69 @@ def _experiment(args: argparse.Namespace, seeds: Sequence[int], command: str) ->
     )
     spec.check()
     out = args.out or default_out_dir(spec, command)
-    results = run_experiment(spec, show_progress=not args.no_progress and sys.stderr.isatty())
-    paths = write_report(results, out)
+    created = prepare_out_dir(out)
+
+    def checkpoint(partial: dict[str, Any]) -> None:  # each method's results, once it is done
+        _write(partial, out, report=False)
+
+    try:
+        results = run_experiment(
+            spec, show_progress=not args.no_progress and sys.stderr.isatty(), on_result=checkpoint
+        )
+    except ExperimentError as exc:
+        finished = list(exc.results["methods"])
+        _write(exc.results, out, report=bool(finished))
+        raise MemawareError(
+            f"{exc}; results of the {len(finished)} finished method(s) "
+            f"({', '.join(finished) or 'none'}) written to {out}/"
+        ) from exc
+    except MemawareError:
+        if created:  # failed before training (bad data): leave no empty folder behind
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+    paths = _write(results, out, report=True)
     print(results_table(results))
-    print(f"\nreport written to {out}/: " + ", ".join(p.name for p in paths.values()))
+    print(f"\nreport written to {out}/: " + ", ".join(p.name for p in paths))
     return 0
 
 
+def _write(results: dict[str, Any], out: Path, report: bool) -> list[Path]:
+    """Write the report (or, ``report=False``, results.json alone); MemawareError if that fails."""
+    try:
+        if report:
+            return list(write_report(results, out).values())
+        atomic_write_json(out / "results.json", results)
+        return [out / "results.json"]
+    except (OSError, ValueError) as exc:
+        raise MemawareError(f"cannot write the results to {out}/: {exc}") from exc
+
+
 def _sweep(args: argparse.Namespace) -> int:
+    options = _method_options(args.option)
+    strays = sorted(set(options) - {args.method})
+    if strays:
+        raise MemawareError(
+            f"--option for {', '.join(strays)}: the sweep trains {args.method} alone"
+        )
+    values, seeds, swept = args.values, list(range(args.seeds)), options.get(args.method, {})
+    check_sweep(args.benchmark, args.scenario, args.method, values, seeds, args.validation, swept)
+    directory = args.preset_dir or PRESET_DIR
+    prepare_out_dir(directory)  # the preset is written at the end: fail now if it cannot be
     entry = sweep_strength(
         args.benchmark,
         args.scenario,
         args.method,
-        args.values,
-        list(range(args.seeds)),
+        values,
+        seeds,
         train=TrainConfig(epochs=args.epochs),
         validation_fraction=args.validation,
         data_dir=args.data_dir,
         show_progress=not args.no_progress and sys.stderr.isatty(),
+        options=swept,
     )
     path, entry = write_sweep(
-        args.benchmark,
-        args.scenario,
-        args.method,
-        entry,
-        args.preset_dir or PRESET_DIR,
-        extend=not args.replace,
+        args.benchmark, args.scenario, args.method, entry, directory, extend=not args.replace
     )
     for value, accs in entry["provenance"]["validation_average_accuracy"].items():
         print(f"λ={value:>8}  validation accuracy " + " ".join(f"{a:.4f}" for a in accs))
@@ -270,6 +351,21 @@ def _presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def options_table(names: Sequence[str]) -> str:
+    """Markdown: per method, each option's name, what it accepts, its default and meaning."""
+    lines = []
+    for name in names:
+        docs = option_docs(method_class(name).Options)
+        lines += [f"**{name}**" + ("" if docs else ": no options of its own"), ""]
+        if docs:
+            lines += ["| option | accepts | default | meaning |", "|---|---|---|---|"]
+            for d in docs:
+                meaning = d.help.replace("|", "\\|")  # a bare | would end the cell
+                lines.append(f"| `{d.name}` | {d.accepts} | `{d.default}` | {meaning} |")
+            lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; bad input ends with one line on stderr and exit status 2."""
     args = build_parser().parse_args(argv)
@@ -284,6 +380,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _sweep(args)
         if args.command == "presets":
             return _presets(args)
+        if args.command == "options":
+            print(options_table(args.methods or list(METHODS)), end="")
+            return 0
         if args.command == "bench":
             from memaware.bench import importance, training
 

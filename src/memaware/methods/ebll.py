@@ -72,17 +72,21 @@ class EBLLOptions(LwFOptions):
     method = "ebll"
 
     code_strength: float = field(
-        default=1.0, metadata={"help": "α, the weight of the code term Σ_a ‖E_a(f) − E_a(f*)‖²"}
+        default=1.0,
+        metadata={"help": "α >= 0, the weight of the code term Σ_a ‖E_a(f) − E_a(f*)‖²"},
     )
     code_size: int = field(
-        default=100, metadata={"help": "k, the units of each autoencoder's code"}
+        default=100, metadata={"help": "k >= 1, the units of each autoencoder's code"}
     )
-    ae_epochs: int = field(default=10, metadata={"help": "epochs of each autoencoder's training"})
+    ae_epochs: int = field(
+        default=10, metadata={"help": "epochs of each autoencoder's training, >= 1"}
+    )
     ae_lr: float = field(
-        default=1e-3, metadata={"help": "Adam's learning rate for the autoencoders"}
+        default=1e-3, metadata={"help": "Adam's learning rate for the autoencoders, > 0"}
     )
     ae_task_weight: float = field(
-        default=0.1, metadata={"help": "β of the classification-preserving term of L_AE"}
+        default=0.1,
+        metadata={"help": "β >= 0, the weight of the classification-preserving term of L_AE"},
     )
 
     def __post_init__(self) -> None:

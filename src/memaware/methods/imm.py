@@ -154,7 +154,7 @@ class MeanIMMOptions(StrengthOptions):
 
     strength: float = field(
         default=1e-4,
-        metadata={"help": "λ of L2-transfer λ‖θ − θ_{t−1}‖² (0: weight transfer alone)"},
+        metadata={"help": "λ >= 0 of L2-transfer λ‖θ − θ_{t−1}‖² (0: weight transfer alone)"},
     )
     weight_transfer: bool = field(
         default=True,
@@ -171,7 +171,8 @@ class ModeIMMOptions(SampledOptions, MeanIMMOptions):
     method = "mode-imm"
 
     importance_batch_size: int = field(
-        default=500, metadata={"help": "inputs per batch of the Fisher pass (memory and speed)"}
+        default=500,
+        metadata={"help": "inputs per batch of the Fisher pass, >= 1 (memory and speed only)"},
     )
     eps: float = field(
         default=1e-8, metadata={"help": "added to every Fisher entry, >= 0 (Lee et al. 1e-8)"}

@@ -103,15 +103,19 @@ class LwFOptions(StrengthOptions):
     method = "lwf"
 
     strength: float = field(
-        default=1.0, metadata={"help": "λ_o, the weight of the distillation term (times T²)"}
+        default=1.0, metadata={"help": "λ_o >= 0, the weight of the distillation term (times T²)"}
     )
     temperature: float = field(default=2.0, metadata={"help": "T of the softened outputs, > 0"})
     warmup_epochs: int = field(
-        default=10, metadata={"help": "epochs of the new head alone on fixed features (0: none)"}
+        default=10,
+        metadata={"help": "epochs of the new head alone on fixed features, >= 0 (0: none)"},
     )
-    warmup_lr: float = field(default=1e-2, metadata={"help": "Adam's learning rate of the warm-up"})
+    warmup_lr: float = field(
+        default=1e-2, metadata={"help": "Adam's learning rate of the warm-up, > 0"}
+    )
     batch_size: int = field(
-        default=128, metadata={"help": "batch size of the warm-up (and of EBLL's autoencoders)"}
+        default=128,
+        metadata={"help": "batch size of the warm-up (and of EBLL's autoencoders), >= 1"},
     )
 
     def __post_init__(self) -> None:

@@ -34,15 +34,15 @@ class MASOptions(AccumulatedOptions):
     importance_batch_size: int = field(
         default=200,
         metadata={
-            "help": "inputs per batch of the Ω pass; with granularity=batch also the batch each "
-            "gradient is taken over (the authors' 200)"
+            "help": "inputs per batch of the Ω pass, >= 1; with granularity=batch also the batch "
+            "each gradient is taken over (the authors' 200)"
         },
     )
     granularity: Granularity = field(
         default="sample",
         metadata={
-            "help": "sample: the exact per-sample Ω; batch: |gradient| of each batch's mean "
-            "‖F‖² (the authors' code)"
+            "help": "sample: the exact per-sample Ω; batch: the magnitude of the gradient of each "
+            "batch's mean ‖F‖² (the authors' code)"
         },
     )
     norm: Norm = field(

@@ -154,7 +154,8 @@ class StrengthOptions(MethodOptions):
     """Options of a method with a regularisation strength (what ``--lambda`` and sweeps set)."""
 
     strength: float = field(
-        default=1.0, metadata={"help": "λ, the weight of the method's regulariser (no factor ½)"}
+        default=1.0,
+        metadata={"help": "λ >= 0, the weight of the method's regulariser (no factor ½)"},
     )
 
     def __post_init__(self) -> None:
@@ -168,11 +169,11 @@ class SampledOptions(MethodOptions):
 
     importance_batch_size: int = field(
         default=256,
-        metadata={"help": "inputs per batch of the importance pass (memory and speed only)"},
+        metadata={"help": "inputs per batch of the importance pass, >= 1 (memory and speed only)"},
     )
     max_samples: int | None = field(
         default=None,
-        metadata={"help": "use at most this many of the task's inputs (none: all of them)"},
+        metadata={"help": "use at most this many (>= 1) of the task's inputs (none: all of them)"},
     )
 
     def __post_init__(self) -> None:

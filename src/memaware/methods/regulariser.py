@@ -34,7 +34,7 @@ class AccumulatedOptions(SampledOptions, StrengthOptions):
         metadata={"help": "sum: Ω ← Ω + Ω_new (the authors' code); blend: Ω ← αΩ + (1 − α)Ω_new"},
     )
     alpha: float = field(
-        default=0.5, metadata={"help": "α of accumulation=blend (FACIL and Avalanche use 0.5)"}
+        default=0.5, metadata={"help": "α in [0, 1] of accumulation=blend (FACIL, Avalanche: 0.5)"}
     )
 
     def __post_init__(self) -> None:

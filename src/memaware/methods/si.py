@@ -46,7 +46,7 @@ class SIOptions(StrengthOptions):
     method = "si"
 
     strength: float = field(
-        default=1.0, metadata={"help": "c, the weight of the penalty c Σ Ω (θ − θ*)²"}
+        default=1.0, metadata={"help": "c >= 0, the weight of the penalty c Σ Ω (θ − θ*)²"}
     )
     damping: float = field(
         default=0.1,

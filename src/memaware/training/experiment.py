@@ -1,13 +1,21 @@
 """Experiments: a benchmark, a scenario, several methods over several seeds → one results dict.
 
 Every method sees the same task stream, the same training budget and, seed by seed, the same
-initial weights and batch order (see :func:`memaware.training.loop.run_method`).
+initial weights and batch order (see :func:`memaware.training.loop.run_method`). The run's seed
+also seeds each method's own random streams (sampled Fisher labels, LwF's warm-up order, EBLL's
+autoencoders), so the spread over seeds includes theirs.
+
+Every option is checked (:meth:`ExperimentSpec.check`) before any data is read; a method that
+fails later ends the run with :class:`ExperimentError`, which carries the results of the methods
+finished before it.
 """
 
 from __future__ import annotations
 
+import math
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -21,8 +29,8 @@ from memaware import __version__
 from memaware.configs import preset
 from memaware.data.benchmarks import BENCHMARKS, make_scenario
 from memaware.data.scenarios import SETTINGS, Scenario
-from memaware.errors import ConfigError
-from memaware.methods import METHODS, make_method, methods_for
+from memaware.errors import ConfigError, MemawareError
+from memaware.methods import METHODS, MethodOptions, make_options, methods_for
 from memaware.models import MultiHeadClassifier, build_model
 from memaware.training.loop import TrainConfig, run_method
 
@@ -40,7 +48,8 @@ class ExperimentSpec:
     train: TrainConfig = field(default_factory=TrainConfig)
     #: λ of every regularising method; ``None`` takes each method's preset (else its default)
     strength: float | None = None
-    #: per method, options passed to its constructor, e.g. ``{"mas": {"granularity": "batch"}}``
+    #: per method, fields of its options dataclass, e.g. ``{"mas": {"granularity": "batch"}}``;
+    #: a ``strength`` given here wins over ``strength`` above and over the preset
     method_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     model: str = "mlp"
     hidden: Sequence[int] = (400, 400)
@@ -81,14 +90,29 @@ class ExperimentSpec:
             raise ConfigError(
                 f"{', '.join(unsupported)} do not support the {self.scenario} scenario"
             )
-        if self.strength is not None and self.strength < 0:
-            raise ConfigError(f"--lambda must be >= 0, got {self.strength}")
+        if self.strength is not None and not (math.isfinite(self.strength) and self.strength >= 0):
+            raise ConfigError(f"--lambda must be a finite number >= 0, got {self.strength}")
         if not self.seeds:
             raise ConfigError("at least one seed is needed")
+        if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):
+            raise ConfigError(f"seeds must be integers >= 0, got {list(self.seeds)}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(
+                f"seeds must differ (the spread over seeds counts each once), got {list(self.seeds)}"
+            )
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ConfigError(f"hidden sizes must be positive, got {list(self.hidden)}")
-        for name in names:  # builds each method once, so unknown options fail now
-            make_method(name, self.strength, **self.method_options.get(name, {}))
+        if self.n_tasks < 1:
+            raise ConfigError(f"the number of tasks must be >= 1, got {self.n_tasks}")
+        build_model(self.model, (1,), self.hidden)  # an unknown model fails now, not after data
+        strays = sorted(set(self.method_options) - set(names))
+        if strays:
+            raise ConfigError(
+                f"options given for {', '.join(strays)}, which this run does not train "
+                f"(its methods: {', '.join(names)})"
+            )
+        for name in names:  # every method's options, checked now
+            method_settings(self, name)
 
     def to_json(self) -> dict[str, Any]:
         config = asdict(self)
@@ -131,15 +155,44 @@ def aggregate(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def _method_strength(spec: ExperimentSpec, name: str) -> tuple[float | None, dict[str, Any] | None]:
-    if spec.strength is not None:
-        return spec.strength, None
-    tuned = preset(spec.benchmark, spec.scenario, name)
-    return (float(tuned["strength"]) if tuned else None), tuned
+def method_settings(spec: ExperimentSpec, name: str) -> tuple[MethodOptions, dict[str, Any] | None]:
+    """The options method ``name`` runs with, and the preset they took its strength from (if any).
+
+    Its strength is, by precedence: ``method_options[name]["strength"]``, ``spec.strength``
+    (``--lambda``), the tuned preset of the benchmark and scenario, the method's default.
+    """
+    given = dict(spec.method_options.get(name, {}))
+    tuned = None
+    strength = spec.strength
+    if strength is None and "strength" not in given:
+        tuned = preset(spec.benchmark, spec.scenario, name)
+        strength = float(tuned["strength"]) if tuned else None
+    options = make_options(name, strength, **given)
+    return options, tuned
 
 
-def run_experiment(spec: ExperimentSpec, show_progress: bool = False) -> dict[str, Any]:
-    """Run every method of ``spec`` for every seed on the same task stream; return the results dict."""
+class ExperimentError(MemawareError):
+    """A method failed during the run; :attr:`results` holds the methods finished before it.
+
+    ``results["failed"]`` names the method, the seed and the error.
+    """
+
+    def __init__(self, message: str, results: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.results = results
+
+
+def run_experiment(
+    spec: ExperimentSpec,
+    show_progress: bool = False,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run every method of ``spec`` for every seed on the same task stream; return the results dict.
+
+    ``on_result`` is called with the results so far each time a method has finished all its
+    seeds (the CLI writes them, so that a run that dies later keeps them). An exception while a
+    method trains is raised as :class:`ExperimentError` carrying the finished methods' results.
+    """
     spec.check()
     scenario = make_scenario(
         spec.benchmark,
@@ -150,27 +203,7 @@ def run_experiment(spec: ExperimentSpec, show_progress: bool = False) -> dict[st
         n_tasks=spec.n_tasks,
     )
     methods: dict[str, Any] = {}
-    for name in spec.method_names():
-        strength, tuned = _method_strength(spec, name)
-        options = dict(spec.method_options.get(name, {}))
-        runs = []
-        for seed in spec.seeds:
-            method = make_method(name, strength, **options)
-            result = run_method(
-                method,
-                scenario,
-                _model_factory(spec, scenario),
-                replace(spec.train, seed=seed),
-                show_progress=show_progress,
-                label=f"{name} seed {seed}",
-            )
-            runs.append(
-                {"seed": seed, **result.accuracy.summary(), "wall_time_s": result.wall_time_s}
-            )
-        methods[name] = aggregate(runs) | {"options": method.options()}
-        if tuned is not None:
-            methods[name]["preset"] = tuned
-    return {
+    results: dict[str, Any] = {
         "memaware_version": __version__,
         "benchmark": spec.benchmark,
         "scenario": spec.scenario,
@@ -180,6 +213,32 @@ def run_experiment(spec: ExperimentSpec, show_progress: bool = False) -> dict[st
         "versions": versions(),
         "methods": methods,
     }
+    for name in spec.method_names():
+        options, tuned = method_settings(spec, name)
+        runs = []
+        for seed in spec.seeds:
+            try:
+                result = run_method(
+                    METHODS[name](options, seed=seed),
+                    scenario,
+                    _model_factory(spec, scenario),
+                    replace(spec.train, seed=seed),
+                    show_progress=show_progress,
+                    label=f"{name} seed {seed}",
+                )
+            except Exception as exc:
+                reason = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line
+                results["failed"] = {"method": name, "seed": seed, "error": reason}
+                raise ExperimentError(f"{name} (seed {seed}) failed: {reason}", results) from exc
+            runs.append(
+                {"seed": seed, **result.accuracy.summary(), "wall_time_s": result.wall_time_s}
+            )
+        methods[name] = aggregate(runs) | {"options": asdict(options)}
+        if tuned is not None:
+            methods[name]["preset"] = tuned
+        if on_result is not None:
+            on_result(results)
+    return results
 
 
 def _model_factory(spec: ExperimentSpec, scenario: Scenario) -> Callable[[], MultiHeadClassifier]:
@@ -190,3 +249,22 @@ def default_out_dir(spec: ExperimentSpec, command: str = "run") -> Path:
     """``runs/<command>-<benchmark>-<scenario>-<timestamp>``: a new folder per run."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{command}-{spec.benchmark}-{spec.scenario}-{stamp}"
+
+
+def prepare_out_dir(path: Path) -> bool:
+    """Create the output folder ``path`` (and its parents) and check a file can be written there.
+
+    Done before any work, so that an unwritable ``--out`` fails in seconds, not after training.
+    Returns whether the folder was created now (a run that ends before writing anything removes
+    it again). Raises :class:`ConfigError` with the reason otherwise.
+    """
+    existed = path.is_dir()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".memaware-probe-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write to the output folder {path}: {exc.strerror or exc}"
+        ) from None
+    return not existed

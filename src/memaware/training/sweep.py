@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from memaware import __version__
 from memaware.configs import PRESET_DIR, preset, save_preset
-from memaware.data.benchmarks import make_scenario
-from memaware.data.scenarios import with_validation
+from memaware.data.benchmarks import check_benchmark, make_scenario
+from memaware.data.scenarios import SETTINGS, with_validation
 from memaware.errors import ConfigError
-from memaware.methods import make_method
+from memaware.methods import accepted_options, make_method, make_options, method_class
 from memaware.models import build_model
 from memaware.training.loop import TrainConfig, run_method
 
@@ -31,18 +32,18 @@ def sweep_strength(
     hidden: Sequence[int] = (400, 400),
     data_dir: str | None = None,
     show_progress: bool = False,
+    options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Mean validation average accuracy of ``method`` for each strength; the best becomes the preset.
 
     Every run trains on the training data minus a stratified ``validation_fraction`` of each task
-    (split with seed 0) and is scored on that held-out part.
+    (split with seed 0) and is scored on that held-out part. ``options`` are the method's other
+    options (every value tried shares them; they are recorded in the provenance). The method's
+    own random streams are seeded by each run's seed. Every input is checked before any data is
+    read.
     """
-    if not values or any(v < 0 for v in values):
-        raise ConfigError(
-            f"sweep values must be a non-empty list of numbers >= 0, got {list(values)}"
-        )
-    if not seeds:
-        raise ConfigError("a sweep needs at least one seed")
+    options = dict(options or {})
+    check_sweep(benchmark, scenario, method, values, seeds, validation_fraction, options)
     train = train or TrainConfig()
     stream = with_validation(
         make_scenario(benchmark, scenario, data_dir=data_dir), validation_fraction, seed=0
@@ -51,7 +52,7 @@ def sweep_strength(
     for value in values:
         for seed in seeds:
             result = run_method(
-                make_method(method, strength=value),
+                make_method(method, seed=seed, strength=value, **options),
                 stream,
                 lambda: build_model("mlp", stream.input_shape, hidden),
                 replace(train, seed=seed),
@@ -68,11 +69,44 @@ def sweep_strength(
             "seeds": list(seeds),
             "train": asdict(train),
             "hidden": list(hidden),
+            **({"options": options} if options else {}),
             "validation_average_accuracy": scores,
             "memaware_version": __version__,
             "date": time.strftime("%Y-%m-%d"),
         },
     }
+
+
+def check_sweep(
+    benchmark: str,
+    scenario: str,
+    method: str,
+    values: Sequence[float],
+    seeds: Sequence[int],
+    validation_fraction: float,
+    options: Mapping[str, Any],
+) -> None:
+    """Raise :class:`ConfigError` for a sweep that cannot run, before any work."""
+    check_benchmark(benchmark)
+    if scenario not in SETTINGS:
+        raise ConfigError(f"unknown scenario {scenario!r}; choose one of {', '.join(SETTINGS)}")
+    cls = method_class(method)
+    if scenario not in cls.scenarios:
+        raise ConfigError(f"{method} does not support the {scenario} scenario")
+    if "strength" not in accepted_options(cls):
+        raise ConfigError(f"{method} has no strength to sweep")
+    if "strength" in options:
+        raise ConfigError(f"{method}.strength is what the sweep tunes: give it as --values")
+    if not values or not all(math.isfinite(v) and v >= 0 for v in values):
+        raise ConfigError(
+            f"sweep values must be a non-empty list of finite numbers >= 0, got {list(values)}"
+        )
+    if not seeds or any(s < 0 for s in seeds):
+        raise ConfigError(f"a sweep needs at least one seed, each >= 0, got {list(seeds)}")
+    if not 0 < validation_fraction < 1:
+        raise ConfigError(f"the validation fraction must be in (0, 1), got {validation_fraction}")
+    for value in values:
+        make_options(method, strength=value, **options)
 
 
 def best_strength(scores: dict[str, list[float]]) -> float:
@@ -101,7 +135,8 @@ def write_sweep(
     return save_preset(benchmark, scenario, method, merged, directory), merged
 
 
-PROTOCOL_KEYS = ("criterion", "validation", "seeds", "train", "hidden")
+#: what must agree for two sweeps' grids to merge (``options`` is absent for the defaults)
+PROTOCOL_KEYS = ("criterion", "validation", "seeds", "train", "hidden", "options")
 
 
 def merge_sweeps(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
