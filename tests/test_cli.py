@@ -16,7 +16,8 @@ import memaware.training.experiment as experiment
 from helpers import small_split_mnist
 from memaware.cli.main import main
 from memaware.data.sources import ImageDataset
-from memaware.methods import EWC, METHODS
+from memaware.errors import ConfigError
+from memaware.methods import EWC, METHODS, Finetune
 
 
 def test_run_writes_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -261,6 +262,29 @@ def test_a_late_failure_writes_the_finished_methods_and_exits_2(
     }
     assert "| mas |" in (out / "results.md").read_text()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+@pytest.mark.usefixtures("small")
+@pytest.mark.parametrize("error", [RuntimeError, ConfigError])
+def test_a_failure_in_the_first_method(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    error: type[Exception],
+) -> None:
+    def boom(*args: Any) -> None:
+        raise error("no good")
+
+    monkeypatch.setattr(Finetune, "before_task", boom)
+    out = tmp_path / "run"
+    assert main([*RUN, "--methods", "finetune,mas", "--out", str(out)]) == 2
+    err = _error_line(capsys)
+    if error is ConfigError:  # bad input found at the first step: nothing to keep
+        assert err == "memaware: error: no good\n" and not out.exists()
+    else:  # a crash: results.json says which method failed, and that none finished
+        assert "finetune (seed 0) failed: RuntimeError: no good" in err
+        results = json.loads((out / "results.json").read_text())
+        assert results["methods"] == {} and results["failed"]["method"] == "finetune"
 
 
 @pytest.mark.usefixtures("small")

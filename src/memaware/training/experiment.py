@@ -191,7 +191,9 @@ def run_experiment(
 
     ``on_result`` is called with the results so far each time a method has finished all its
     seeds (the CLI writes them, so that a run that dies later keeps them). An exception while a
-    method trains is raised as :class:`ExperimentError` carrying the finished methods' results.
+    method trains is raised as :class:`ExperimentError` carrying the finished methods' results,
+    except a :class:`MemawareError` before any method has finished (bad input found at the first
+    step, e.g. a model that does not fit the data), which is raised as it is.
     """
     spec.check()
     scenario = make_scenario(
@@ -227,6 +229,8 @@ def run_experiment(
                     label=f"{name} seed {seed}",
                 )
             except Exception as exc:
+                if isinstance(exc, MemawareError) and not methods:
+                    raise  # bad input found at the first step (a model that does not fit)
                 reason = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line
                 results["failed"] = {"method": name, "seed": seed, "error": reason}
                 raise ExperimentError(f"{name} (seed {seed}) failed: {reason}", results) from exc
