@@ -34,7 +34,8 @@ from memaware.models import MLP, MultiHeadClassifier, SmallCNN, build_model
 from memaware.penalties import QuadraticPenalty
 from memaware.training import training_step
 
-MLP_SAMPLES, CNN_SAMPLES, BATCH = 2048, 1024, 256
+MLP_SAMPLES, CNN_SAMPLES, TRANSFORMER_SAMPLES, BATCH = 2048, 1024, 512, 256
+SEQUENCE, FEATURES = 32, 16  # the transformer's inputs: sequences of 32 vectors of 16
 STEPS = 20  # training steps per timed run of the penalty benchmark
 
 
@@ -46,6 +47,31 @@ def mlp_model() -> nn.Module:
 def cnn_model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(SmallCNN(3, 32, width=32, features=256), nn.Linear(256, 10))
+
+
+class TransformerClassifier(nn.Module):
+    """A projection to d = 128, 2 encoder layers (4 heads, feed-forward 512), mean pooling, a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(FEATURES, 128)
+        layer = nn.TransformerEncoderLayer(128, 4, 512, dropout=0.1, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.embed(x)).mean(1))  # type: ignore[no-any-return]
+
+
+def transformer_model() -> nn.Module:
+    torch.manual_seed(0)
+    return TransformerClassifier()
+
+
+def transformer_inputs() -> torch.Tensor:
+    """Seeded sequences (timing does not depend on content)."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(TRANSFORMER_SAMPLES, SEQUENCE, FEATURES, generator=generator)
 
 
 def mlp_inputs() -> torch.Tensor:
@@ -141,6 +167,7 @@ class _PenaltyAsLossTerm(Method):
     """The same penalty through autograd: ``loss + penalty()`` (the slower route, for comparison)."""
 
     def __init__(self, penalty: QuadraticPenalty) -> None:
+        super().__init__()
         self.penalty = penalty
 
     def loss_term(self, model: MultiHeadClassifier, batch: Batch) -> torch.Tensor | None:
@@ -153,7 +180,12 @@ def run(repeats: int = 5, memory: bool = True) -> dict[str, Any]:
     out: dict[str, Any] = {"repeats": repeats, "threads": torch.get_num_threads()}
     mlp, x_mlp = mlp_model(), mlp_inputs()
     cnn, x_cnn = cnn_model(), cnn_inputs()
-    for label, model, x in (("mlp", mlp, x_mlp), ("cnn", cnn, x_cnn)):
+    transformer, x_transformer = transformer_model(), transformer_inputs()
+    for label, model, x in (
+        ("mlp", mlp, x_mlp),
+        ("cnn", cnn, x_cnn),
+        ("transformer", transformer, x_transformer),
+    ):
         exact_t, batch_t, ratio = paired(
             partial(mas, model, batches(x, BATCH)),
             partial(mas, model, batches(x, BATCH), granularity="batch"),
@@ -167,7 +199,7 @@ def run(repeats: int = 5, memory: bool = True) -> dict[str, Any]:
         ref_t, _, ratio = paired(partial(reference, mlp, x_mlp), exact_mlp, 3)
         out[f"{label}_s_mlp"], out[f"{label}_over_exact_mlp"] = ref_t, ratio
     errors = []
-    for model, x in ((mlp, x_mlp[:256]), (cnn, x_cnn[:64])):
+    for model, x in ((mlp, x_mlp[:256]), (cnn, x_cnn[:64]), (transformer, x_transformer[:16])):
         exact = mas(model, batches(x, 64))
         errors.append(max_relative_error(dict(exact), loop_importance(model.double(), x.double())))
         model.float()
