@@ -41,7 +41,7 @@ from memaware.errors import ConfigError
 from memaware.importance import sequence_rules  # also registers the attention rule
 from memaware.importance.capture import Call, OwnedParameters, owners, recording
 from memaware.importance.fallback import fallback_rule
-from memaware.importance.rules import RULES, Reduce, chunks
+from memaware.importance.rules import RULES, Reduce, chunks, sum_over_samples
 
 # Builds per-sample objectives from a batch: each returned tensor has shape (N,), L_k for every
 # sample k. Most objectives return one; the per-output-unit ("vector") MAS variant one per unit.
@@ -232,7 +232,7 @@ class ExactEngine:
             for name, grad in zip(names, grads, strict=True):
                 if grad is not None:
                     grad = grad.to(compute_dtype(grad.dtype))
-                    self._add(name, self.f(grad, out=grad).sum(0))
+                    self._add(name, sum_over_samples(self.f, grad))
 
 
 def _looped(

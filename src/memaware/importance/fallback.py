@@ -18,7 +18,7 @@ from torch import nn
 from torch.func import functional_call, vjp, vmap
 
 from memaware.importance.capture import output_tensors
-from memaware.importance.rules import Reduce, chunks
+from memaware.importance.rules import Reduce, chunks, sum_over_samples
 
 #: One call as the engine hands it over: (args, kwargs, δ per output tensor or None where the
 #: output does not reach the objective, output shapes), the sample on dimension 0.
@@ -57,7 +57,7 @@ def fallback_rule(
             grads = call_grads if grads is None else {k: grads[k] + call_grads[k] for k in names}
         assert grads is not None
         for name in names:
-            totals[name] += f(grads[name], out=grads[name]).sum(0)
+            totals[name] += sum_over_samples(f, grads[name])
     return totals
 
 

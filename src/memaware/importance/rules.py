@@ -56,6 +56,19 @@ def register_rule(*module_types: type[nn.Module]) -> Callable[[Rule], Rule]:
     return decorate
 
 
+def sum_over_samples(f: Reduce, per_sample: torch.Tensor) -> torch.Tensor:
+    """Σ_k f(g_k) over the first dimension of ``per_sample`` (which it may overwrite).
+
+    For |·| and (·)² this is one fused reduction (the ℓ1 norm, the squared ℓ2 norm) that reads
+    the per-sample gradients once, instead of a pass that writes f(g) and one that sums it.
+    """
+    if f is torch.abs:
+        return torch.linalg.vector_norm(per_sample, 1, dim=0)
+    if f is torch.square:
+        return torch.linalg.vector_norm(per_sample, 2, dim=0).square_()
+    return f(per_sample, out=per_sample).sum(0)
+
+
 def chunks(n: int, per_sample_elements: int) -> Iterator[slice]:
     """Slices of ``range(n)`` holding at most ``CHUNK_ELEMENTS`` per-sample elements each."""
     step = max(1, CHUNK_ELEMENTS // max(per_sample_elements, 1))
@@ -108,10 +121,12 @@ def sequence_linear(d3: torch.Tensor, a3: torch.Tensor, f: Reduce) -> torch.Tens
     ``d3`` is (N, T, out), ``a3`` (N, T, in); the per-sample gradients (out × in) are
     materialised ``CHUNK_ELEMENTS`` at a time.
     """
-    total = d3.new_zeros(d3.shape[-1], a3.shape[-1])
-    for part in chunks(d3.shape[0], total.numel()):
-        per_sample = torch.einsum("nto,nti->noi", d3[part], a3[part])
-        total += f(per_sample, out=per_sample).sum(0)
+    total: torch.Tensor | None = None
+    for part in chunks(d3.shape[0], d3.shape[-1] * a3.shape[-1]):
+        per_sample = torch.bmm(d3[part].transpose(1, 2), a3[part])
+        reduced = sum_over_samples(f, per_sample)
+        total = reduced if total is None else total.add_(reduced)
+    assert total is not None  # at least one sample
     return total
 
 
@@ -151,7 +166,7 @@ def conv_rule(
             per_sample_chunks = _grouped(module, x, delta)
         weight = module.weight.new_zeros(module.weight.shape, dtype=delta.dtype)
         for per_sample in per_sample_chunks:
-            weight += f(per_sample, out=per_sample).sum(0).reshape(weight.shape)
+            weight += sum_over_samples(f, per_sample).reshape(weight.shape)
         out["weight"] = weight
     _with_bias(module, out, lambda: f(delta.reshape(n, module.out_channels, -1).sum(-1)).sum(0))
     return out
