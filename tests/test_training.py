@@ -345,7 +345,7 @@ def test_cli_flags_reach_the_training_config(
 ) -> None:
     seen: list[TrainConfig] = []
 
-    def stop(spec: ExperimentSpec, show_progress: bool = False) -> dict[str, Any]:
+    def stop(spec: ExperimentSpec, *args: Any, **kwargs: Any) -> dict[str, Any]:
         seen.append(spec.train)
         raise ConfigError("stopped before training")
 
