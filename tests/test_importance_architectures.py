@@ -257,3 +257,48 @@ def test_half_precision_stays_finite_with_large_logits_over_many_samples(
     for name, value in imp.items():
         assert torch.isfinite(value).all(), name
         assert torch.isfinite(imp.sums[name]).all(), name
+
+
+def test_recurrent_rule_with_initial_states_and_no_graph_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seeded(111)
+    passes: list[int] = []
+    monkeypatch.setattr(
+        exact_module.ExactEngine, "_graph_pass", lambda self, loss: passes.append(1)
+    )
+
+    class WithState(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.init = nn.Linear(4, 2 * 5)
+            self.lstm = nn.LSTM(4, 5, batch_first=True)
+            self.head = nn.Linear(5, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h0, c0 = torch.tanh(self.init(x[:, 0])).unsqueeze(0).chunk(2, -1)
+            out, (_, c) = self.lstm(x, (h0.contiguous(), c0.contiguous()))
+            return self.head(out.mean(1) + c[0])
+
+    model = WithState().double()
+    check_mas(model, torch.randn(7, 6, 4, dtype=torch.float64), tol=TOL64)
+    assert passes == []
+
+
+def test_packed_sequences_take_the_exact_graph_path() -> None:
+    seeded(112)
+
+    class Packed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gru = nn.GRU(3, 4, batch_first=True)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            lengths = [5 if v > 0 else 3 for v in x[:, 0, 0].tolist()]  # per sample
+            packed = nn.utils.rnn.pack_padded_sequence(
+                x, lengths, batch_first=True, enforce_sorted=False
+            )
+            return self.head(self.gru(packed)[1][0])
+
+    check_mas(Packed().double(), torch.randn(6, 5, 3, dtype=torch.float64), tol=TOL64)

@@ -21,8 +21,9 @@ batched backward pass per sample. It is taken for
   layout whose leading size happens to equal the batch size is not caught: declare it with
   ``sample_dims`` (``{"encoder": 1}``) — transformers built with ``batch_first=False`` are
   declared automatically;
-* recurrent layers (``nn.RNN``, ``nn.GRU``, ``nn.LSTM``) and attention configurations that the
-  attention rule does not cover.
+* attention and recurrent configurations that their rules do not cover (separate key/value
+  projection sizes, ``add_bias_kv``, LSTM projections, packed or unbatched sequences, dropout
+  in train mode).
 """
 
 from __future__ import annotations
@@ -47,9 +48,8 @@ from memaware.importance.rules import RULES, Reduce, chunks, sum_over_samples
 # sample k. Most objectives return one; the per-output-unit ("vector") MAS variant one per unit.
 Objectives = Callable[[nn.Module, torch.Tensor], Sequence[torch.Tensor]]
 
-#: Modules that lay out their own inputs (``batch_first``) and have no per-sample rule here:
-#: their parameters take the graph path.
-_GRAPH_MODULES: tuple[type[nn.Module], ...] = (nn.RNNBase,)
+#: Modules that lay out their own inputs (``batch_first``): their rules read the layout.
+_OWN_LAYOUT: tuple[type[nn.Module], ...] = (nn.MultiheadAttention, nn.RNNBase)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -154,9 +154,7 @@ class ExactEngine:
                 users[full] = users.get(full, 0) + 1
         graph = {name for name, count in users.items() if count > 1} | outside
         for entry in called:
-            if isinstance(entry.module, _GRAPH_MODULES) or not all(
-                _layout_fits(entry, call, n) for call in entry.calls
-            ):
+            if not all(_layout_fits(entry, call, n) for call in entry.calls):
                 graph |= set(entry.full_names.values())
         self._graph = graph
         self._immediate = {
@@ -254,6 +252,8 @@ def _layout_fits(entry: OwnedParameters, call: Call, n: int) -> bool:
     module = entry.module
     if isinstance(module, nn.MultiheadAttention):
         return sequence_rules.attention_supported(module, call.args, call.kwargs, n)
+    if isinstance(module, nn.RNNBase):
+        return type(module) in RULES and sequence_rules.recurrent_supported(module, call.args, n)
     d = entry.sample_dim
     return all(len(shape) > d and shape[d] == n for shape in call.shapes)
 
@@ -268,9 +268,11 @@ def _sample_first(
 ) -> SampleFirstCall:
     """The call's inputs, output gradients and output shapes with the sample on dimension 0, in
     the compute dtype (float32 for half-precision models). Attention lays out its own inputs."""
-    d = 0 if isinstance(entry.module, nn.MultiheadAttention) else entry.sample_dim
+    d = 0 if isinstance(entry.module, _OWN_LAYOUT) else entry.sample_dim
 
     def move(t: Any) -> Any:
+        if isinstance(t, tuple):
+            return tuple(move(item) for item in t)
         if not isinstance(t, torch.Tensor):
             return t
         if t.is_floating_point():

@@ -62,11 +62,14 @@ def sum_over_samples(f: Reduce, per_sample: torch.Tensor) -> torch.Tensor:
     For |·| and (·)² this is one fused reduction (the ℓ1 norm, the squared ℓ2 norm) that reads
     the per-sample gradients once, instead of a pass that writes f(g) and one that sums it.
     """
+    reduced: torch.Tensor
     if f is torch.abs:
-        return torch.linalg.vector_norm(per_sample, 1, dim=0)
-    if f is torch.square:
-        return torch.linalg.vector_norm(per_sample, 2, dim=0).square_()
-    return f(per_sample, out=per_sample).sum(0)
+        reduced = torch.linalg.vector_norm(per_sample, 1, dim=0)
+    elif f is torch.square:
+        reduced = torch.linalg.vector_norm(per_sample, 2, dim=0).square_()
+    else:
+        reduced = f(per_sample, out=per_sample).sum(0)
+    return reduced
 
 
 def chunks(n: int, per_sample_elements: int) -> Iterator[slice]:

@@ -1,4 +1,4 @@
-"""Exact per-sample rule for ``nn.MultiheadAttention`` (and so for the ``nn.Transformer*`` layers).
+"""Exact per-sample rules for attention (and so the ``nn.Transformer*`` layers) and recurrent layers.
 
 Attention applies its parameters as linear maps at every position of a sample:
 ``q = x_q W_qᵀ + b_q`` (likewise k, v with ``in_proj_weight``'s other two blocks) and
@@ -132,4 +132,138 @@ def attention_rule(
             result["out_proj.weight"] = sequence_linear(out_delta, attended.detach(), f)
         if module.out_proj.bias is not None and module.out_proj.bias.requires_grad:
             result["out_proj.bias"] = f(out_delta.sum(1)).sum(0)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Recurrent layers
+
+
+def recurrent_supported(module: nn.RNNBase, args: tuple[Any, ...], n: int) -> bool:
+    """Whether :func:`recurrent_rule` covers this call (else the engine takes the graph path)."""
+    if getattr(module, "proj_size", 0) or (module.training and module.dropout > 0):
+        return False
+    x = args[0] if args else None
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        return False  # unbatched input or a PackedSequence
+    return x.shape[0 if module.batch_first else 1] == n
+
+
+def _cell(
+    mode: str, gi: torch.Tensor, gh: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One step of PyTorch's cells from the input and hidden pre-activations gi, gh."""
+    if mode == "LSTM":
+        assert c is not None
+        i, f, g, o = (gi + gh).chunk(4, -1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+    if mode == "GRU":
+        r_i, z_i, n_i = gi.chunk(3, -1)
+        r_h, z_h, n_h = gh.chunk(3, -1)
+        r, z = torch.sigmoid(r_i + r_h), torch.sigmoid(z_i + z_h)
+        candidate = torch.tanh(n_i + r * n_h)
+        return (1 - z) * candidate + z * h, None
+    total = gi + gh
+    return (torch.tanh(total) if mode == "RNN_TANH" else torch.relu(total)), None
+
+
+@register_rule(nn.RNN, nn.GRU, nn.LSTM)
+def recurrent_rule(
+    module: nn.RNNBase, args: tuple[Any, ...], delta: Any, f: Reduce
+) -> dict[str, torch.Tensor]:
+    """Σ_k f(g_k) for every ``weight_ih/hh_l{l}[_reverse]`` and ``bias_ih/hh_l{l}[_reverse]``.
+
+    The layer is unrolled again from its recorded input and initial state (one batched forward
+    and backward over time, no parameter gradient) to get the gradients of the pre-activations
+    gi_t = W_ih x_t + b_ih and gh_t = W_hh h_{t−1} + b_hh at every step; then, per sample,
+    g_k(W_ih) = Σ_t δgi_kt x_ktᵀ, g_k(W_hh) = Σ_t δgh_kt h_k,t−1ᵀ and the biases' Σ_t δ.
+    """
+    x, hx = args[0], args[1] if len(args) > 1 else None
+    deltas = list(delta) if isinstance(delta, tuple) else [delta]
+    if module.batch_first is False:
+        x = x.transpose(0, 1)
+    n, steps = x.shape[:2]
+    dtype = x.dtype
+    directions = 2 if module.bidirectional else 1
+    layers, hidden = module.num_layers, module.hidden_size
+    lstm = module.mode == "LSTM"
+    if hx is None:
+        h0 = x.new_zeros(layers * directions, n, hidden)
+        c0 = h0 if lstm else None
+    elif lstm:
+        h0, c0 = hx
+    else:
+        h0, c0 = hx, None
+
+    def weight(name: str) -> torch.Tensor | None:
+        p = getattr(module, name, None)
+        return p.detach().to(dtype) if isinstance(p, torch.Tensor) else None
+
+    records: list[
+        tuple[str, torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]
+    ] = []
+    last_h, last_c = [], []
+    with torch.enable_grad():
+        # the pre-activations must be nodes of a graph: start it at the (detached) input
+        layer_input = x.detach().requires_grad_()
+        for layer in range(layers):
+            outputs = []
+            for direction in range(directions):
+                suffix = f"_l{layer}" + ("_reverse" if direction else "")
+                w_ih, w_hh = weight("weight_ih" + suffix), weight("weight_hh" + suffix)
+                assert w_ih is not None and w_hh is not None
+                gi = F.linear(layer_input, w_ih, weight("bias_ih" + suffix))
+                state = layer * directions + direction
+                h = h0[state].detach().requires_grad_()  # so that gh_0 is a graph node too
+                c = c0[state] if c0 is not None else None
+                hs, ghs, previous = [], [], []
+                order = range(steps - 1, -1, -1) if direction else range(steps)
+                for t in order:
+                    gh = F.linear(h, w_hh, weight("bias_hh" + suffix))
+                    previous.append(h)
+                    ghs.append(gh)
+                    h, c = _cell(module.mode, gi[:, t], gh, h, c)
+                    hs.append(h)
+                if direction:
+                    hs, ghs, previous = hs[::-1], ghs[::-1], previous[::-1]
+                records.append((suffix, layer_input, gi, ghs, previous))
+                outputs.append(torch.stack(hs, 1))
+                last_h.append(h)
+                last_c.append(c)
+            layer_input = torch.cat(outputs, -1) if directions == 2 else outputs[0]
+        returned = [layer_input, torch.stack(last_h)]
+        if lstm:
+            returned.append(torch.stack([c for c in last_c if c is not None]))
+        if module.batch_first is False and deltas[0] is not None:
+            deltas[0] = deltas[0].transpose(0, 1)
+        pairs = [(out, d) for out, d in zip(returned, deltas, strict=True) if d is not None]
+        wanted = [g for _, _, gi, ghs, _ in records for g in (gi, *ghs)]
+        grads = torch.autograd.grad(
+            [out for out, _ in pairs], wanted, [d for _, d in pairs], allow_unused=True
+        )
+    result: dict[str, torch.Tensor] = {}
+    position = 0
+    for suffix, inputs, gi, ghs, previous in records:
+        d_gi = grads[position]
+        d_gh = grads[position + 1 : position + 1 + len(ghs)]
+        position += 1 + len(ghs)
+        d_gi = d_gi if d_gi is not None else torch.zeros_like(gi)
+        d_gh_all = torch.stack(
+            [d if d is not None else torch.zeros_like(g) for d, g in zip(d_gh, ghs, strict=True)], 1
+        )
+        h_prev = torch.stack(previous, 1).detach()
+
+        def wants(name: str) -> bool:
+            param = getattr(module, name, None)
+            return isinstance(param, torch.Tensor) and param.requires_grad
+
+        if wants("weight_ih" + suffix):
+            result["weight_ih" + suffix] = sequence_linear(d_gi, inputs.detach(), f)
+        if wants("weight_hh" + suffix):
+            result["weight_hh" + suffix] = sequence_linear(d_gh_all, h_prev, f)
+        if wants("bias_ih" + suffix):
+            result["bias_ih" + suffix] = f(d_gi.sum(1)).sum(0)
+        if wants("bias_hh" + suffix):
+            result["bias_hh" + suffix] = f(d_gh_all.sum(1)).sum(0)
     return result
