@@ -303,6 +303,17 @@ def test_a_failure_while_writing_keeps_results_json_and_exits_2(
     assert list(json.loads((out / "results.json").read_text())["methods"]) == ["finetune"]
 
 
+def test_readme_lists_the_options_as_the_command_prints_them() -> None:
+    from memaware.cli.main import options_table
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    start = readme.index("The tables are `memaware options`' output:\n\n")
+    section = readme[start:].split("\n\n", 1)[1].split("\n### ", 1)[0]
+    assert section.strip() == options_table(list(METHODS)).strip(), (
+        "README's method options are stale: paste the output of `memaware options`"
+    )
+
+
 def test_options_command_lists_every_method(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["options"]) == 0
     table = capsys.readouterr().out
