@@ -5,9 +5,11 @@ computed on unlabelled inputs with the model in eval mode.
 
 * ``granularity="sample"`` computes that sum exactly, one gradient per sample, at the cost of one
   batched backward (see :mod:`memaware.importance.rules`).
-* ``granularity="batch"`` reproduces the authors' code: per batch b of size n_b, the gradient of the
+* ``granularity="batch"`` is the authors' estimator: per batch b of size n_b, the gradient of the
   batch sum G_b = Σ_{x∈b} ∂ℓ(F(x))/∂θ, and Ω = (1/B) Σ_b |G_b| / n_b. By the triangle inequality
-  this is ≤ the paper's quantity and equals it only for batches of one.
+  this is ≤ the paper's quantity and equals it only for batches of one. Only the granularity
+  changes: F is whatever ``outputs`` computes (the authors' code uses the logits of the head of
+  the task just learned; MAS's ``importance_preset="authors"`` sets both).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Memory Aware Synapses (Aljundi et al., ECCV 2018).
 
-After each task t, on unlabelled inputs of that task:
+After each task t, on unlabelled inputs of that task (the model in eval mode):
 
     Ω_new = (1/N) Σ_k |∂‖F(x_k)‖²/∂θ|   (F = logits of the heads of the tasks learned so far)
     Ω ← Ω + Ω_new                       (the authors' code: plain sum over tasks)
@@ -8,13 +8,23 @@ After each task t, on unlabelled inputs of that task:
 
 and while learning the next task the loss is  L_task + λ Σ Ω (θ − θ*)²  (no factor ½).
 A head created for a new task has no Ω and is free; the heads of past tasks are regularised.
+
+The importance preset ``authors`` (``MAS(importance_preset="authors")``) is Ω as the authors'
+code computes it (``compute_importance_l2`` in ``MAS_Omega_Acuumelation``): over the task's
+training inputs in B batches b of n_b ≤ 200, with F = the logits of the head of the task just
+learned only,
+
+    Ω_new = (1/B) Σ_b |G_b| / n_b,   G_b = ∂(Σ_{x∈b} ‖F(x)‖²)/∂θ   (the gradient of the batch sum)
+    Ω ← Ω + Ω_new
+
+which is ≤ the per-sample Ω by the triangle inequality (equal for batches of one).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
@@ -27,9 +37,23 @@ from memaware.models.multihead import MultiHeadClassifier, heads_output
 
 @dataclass(frozen=True, kw_only=True)
 class MASOptions(AccumulatedOptions):
-    """MAS settings (see :func:`memaware.importance.mas` for granularity and norm)."""
+    """MAS settings (see :func:`memaware.importance.mas` for granularity and norm).
+
+    ``importance_preset="authors"`` (:data:`~memaware.methods.options.PRESET_KEY`) sets the
+    fields to what the authors' code computes (see the module doc); fields given next to it win.
+    """
 
     method = "mas"
+    importance_presets: ClassVar[Mapping[str, Mapping[str, object]]] = {
+        "authors": {
+            "granularity": "batch",
+            "importance_batch_size": 200,
+            "heads": "current",
+            "accumulation": "sum",
+            "norm": "l2sq",
+            "importance_data": "train",
+        }
+    }
 
     importance_batch_size: int = field(
         default=200,
@@ -41,8 +65,9 @@ class MASOptions(AccumulatedOptions):
     granularity: Granularity = field(
         default="sample",
         metadata={
-            "help": "sample: the exact per-sample Ω; batch: the magnitude of the gradient of each "
-            "batch's mean ‖F‖² (the authors' code)"
+            "help": "sample: the exact per-sample Ω, mean_k |g_k|; batch: the authors' estimator, "
+            "(1/B) Σ_b |G_b|/n_b with G_b the gradient of batch b's summed ‖F‖² (F stays what "
+            "heads says)"
         },
     )
     norm: Norm = field(

@@ -11,6 +11,11 @@ method accepts (each subclass's ``__post_init__``); a bad value raises
 Methods that really share settings share them by inheritance: :class:`StrengthOptions` (λ, for
 every regularising method) and :class:`SampledOptions` (the data an importance estimate reads:
 ``importance_batch_size`` and ``max_samples``, for MAS, l-MAS, EWC, online EWC and mode-IMM).
+
+An importance preset is one name for several field values (MAS's ``authors``: Ω as the authors'
+code computes it). It is not a field: :func:`build` takes it as the keyword
+:data:`PRESET_KEY` and expands it, the fields given next to it winning, so that the options (and
+``results.json``) hold the values the run used; the run's config keeps the name.
 """
 
 from __future__ import annotations
@@ -21,9 +26,12 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, NamedTuple, NoReturn, Union
+from typing import Any, ClassVar, Literal, NamedTuple, NoReturn, TypeVar, Union, cast
 
 from memaware.errors import ConfigError
+
+#: the keyword that names an importance preset (see :attr:`MethodOptions.importance_presets`)
+PRESET_KEY = "importance_preset"
 
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
@@ -99,12 +107,17 @@ def parse(hint: Any, text: str) -> object:
     raise ConfigError(f"expected {describe(hint)}, got {text!r}")
 
 
+_Options = TypeVar("_Options", bound="MethodOptions")
+
+
 @dataclass(frozen=True, kw_only=True)
 class MethodOptions:
     """Base of every method's options: the type check of every field, and the shared range checks."""
 
     #: the registered name of the method these options belong to (for messages)
     method: ClassVar[str] = "base"
+    #: named sets of field values that :data:`PRESET_KEY` selects (none for most methods)
+    importance_presets: ClassVar[Mapping[str, Mapping[str, object]]] = {}
 
     def __post_init__(self) -> None:
         hints = _hints(type(self))
@@ -116,6 +129,15 @@ class MethodOptions:
                 if not math.isfinite(value):  # no option of any method means anything at nan or inf
                     self.fail(f.name, "a finite number", value)
                 object.__setattr__(self, f.name, float(value))  # 1 → 1.0, as the CLI parses it
+
+    @classmethod
+    def from_preset(cls: type[_Options], name: str, /, **fields: Any) -> _Options:
+        """The values of importance preset ``name``, with ``fields`` replacing any of them, checked.
+
+        ``MASOptions.from_preset("authors", strength=2)``; :class:`ConfigError` if these options
+        have no preset ``name``.
+        """
+        return cast(_Options, build(cls, {PRESET_KEY: name, **fields}))
 
     def fail(self, name: str, allowed: str, value: object) -> NoReturn:
         """Raise the :class:`ConfigError` every check of these options raises."""
@@ -209,30 +231,70 @@ def option_docs(options: type[MethodOptions]) -> list[OptionDoc]:
     ]
 
 
+def _option_names(options: type[MethodOptions]) -> list[str]:
+    """What ``--option`` may set on these options: their fields, and the preset key if any."""
+    names = [f.name for f in dataclasses.fields(options)]
+    return [*names, PRESET_KEY] if options.importance_presets else names
+
+
+def _no_option(options: type[MethodOptions], names: list[str]) -> ConfigError:
+    taken = ", ".join(_option_names(options)) or "none"
+    return ConfigError(
+        f"method {options.method} has no option {', '.join(names)}; it takes {taken}"
+    )
+
+
+def preset_fields(options: type[MethodOptions], name: object) -> Mapping[str, object]:
+    """The field values of importance preset ``name`` of ``options``.
+
+    :class:`ConfigError` if the method has no presets, or none called ``name``.
+    """
+    presets = options.importance_presets
+    if not presets:
+        raise _no_option(options, [PRESET_KEY])
+    if not isinstance(name, str) or name not in presets:
+        raise ConfigError(
+            f"{options.method}: option {PRESET_KEY} must be one of {', '.join(presets)}, "
+            f"got {name!r}"
+        )
+    return presets[name]
+
+
 def build(
     options: type[MethodOptions], fields: Mapping[str, Any], base: MethodOptions | None = None
 ) -> MethodOptions:
     """``base`` (default: the defaults of ``options``) with ``fields`` replaced, checked.
 
-    An unknown field raises :class:`ConfigError` naming the options the method takes.
+    ``fields[PRESET_KEY]``, if given, names an importance preset: its values are set first and
+    the other ``fields`` over them. An unknown field raises :class:`ConfigError` naming the
+    options the method takes, and so do an unknown preset and a preset on top of ``base`` (a
+    field of ``base`` cannot tell a value chosen from a default, so which should win is unknown).
     """
-    names = [f.name for f in dataclasses.fields(options)]
-    unknown = sorted(set(fields) - set(names))
+    fields = dict(fields)
+    if PRESET_KEY in fields:
+        chosen = preset_fields(options, fields.pop(PRESET_KEY))
+        if base is not None:
+            raise ConfigError(
+                f"{options.method}: {PRESET_KEY} is given with an options object; build the "
+                f"options with {options.__name__}.from_preset(...) or give every option as a keyword"
+            )
+        fields = {**chosen, **fields}
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(options)})
     if unknown:
-        raise ConfigError(
-            f"method {options.method} has no option {', '.join(unknown)}; "
-            f"it takes {', '.join(names) or 'none'}"
-        )
+        raise _no_option(options, unknown)
     return dataclasses.replace(base if base is not None else options(), **fields)
 
 
 def parse_field(options: type[MethodOptions], name: str, text: str) -> object:
-    """``text`` parsed by the type of field ``name`` of ``options`` (:class:`ConfigError` if none)."""
-    names = [f.name for f in dataclasses.fields(options)]
-    if name not in names:
-        raise ConfigError(
-            f"method {options.method} has no option {name}; it takes {', '.join(names) or 'none'}"
-        )
+    """``text`` parsed by the type of field ``name`` of ``options`` (:class:`ConfigError` if none).
+
+    ``name`` may also be :data:`PRESET_KEY` for options with presets; ``text`` is then one of them.
+    """
+    if name not in _option_names(options):
+        raise _no_option(options, [name])
+    if name == PRESET_KEY:
+        preset_fields(options, text)  # one of the presets, or the error that lists them
+        return text
     try:
         return parse(_hints(options)[name], text)
     except ConfigError as exc:
