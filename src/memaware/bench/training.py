@@ -74,10 +74,11 @@ def bare_mas_run(
             for index in torch.split(torch.randperm(len(task.train_y), generator=generator), 128):
                 loss = F.cross_entropy(head(backbone(task.train_x[index])), task.train_y[index])
                 if omega:
+                    # Past heads get no gradient (so Adam leaves them as they are), as in
+                    # memaware's loop: only the backbone is anchored while a new head trains.
                     loss = loss + strength * sum(
                         (omega[id(p)] * (p - anchor[id(p)]).square()).sum()
-                        for p in params
-                        if id(p) in omega
+                        for p in backbone.parameters()
                     )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
