@@ -57,19 +57,16 @@ def register_rule(*module_types: type[nn.Module]) -> Callable[[Rule], Rule]:
 
 
 def sum_over_samples(f: Reduce, per_sample: torch.Tensor) -> torch.Tensor:
-    """Σ_k f(g_k) over the first dimension of ``per_sample`` (which it may overwrite).
+    """Σ_k f(g_k) over the first dimension of ``per_sample``, which it overwrites with f(g).
 
-    For |·| and (·)² this is one fused reduction (the ℓ1 norm, the squared ℓ2 norm) that reads
-    the per-sample gradients once, instead of a pass that writes f(g) and one that sums it.
+    The sum over samples is a matrix-vector product with a vector of ones (one BLAS pass);
+    ``Tensor.sum(0)`` and ``vector_norm(dim=0)`` reduce over the outer dimension 2-3× slower on CPU.
     """
-    reduced: torch.Tensor
-    if f is torch.abs:
-        reduced = torch.linalg.vector_norm(per_sample, 1, dim=0)
-    elif f is torch.square:
-        reduced = torch.linalg.vector_norm(per_sample, 2, dim=0).square_()
-    else:
-        reduced = f(per_sample, out=per_sample).sum(0)
-    return reduced
+    values = f(per_sample, out=per_sample)
+    if not values.is_contiguous():
+        return values.sum(0)
+    flat = values.view(values.shape[0], -1)
+    return (flat.new_ones(flat.shape[0]) @ flat).view(values.shape[1:])
 
 
 def chunks(n: int, per_sample_elements: int) -> Iterator[slice]:
