@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from memaware.data.scenarios import Scenario, permuted_scenario, split_scenario
+from memaware.data.scenarios import Scenario, permuted_scenario, split_scenario, standardised
 from memaware.data.sequence import dataset_sequence
 from memaware.data.sources import load_animal_mnist, load_dataset, load_fashion_mnist, load_mnist
 from memaware.errors import ConfigError
@@ -20,6 +20,24 @@ def _split(dataset: str) -> Callable[..., Scenario]:
         )
 
     return make
+
+
+#: the task order of the Split-MNIST demo in the MAS authors' repository (``Demo.ipynb``)
+AUTHORS_CLASS_ORDER: tuple[tuple[int, ...], ...] = ((1, 2), (3, 4), (5, 6), (7, 8), (9, 0))
+#: the input standardisation of that demo: MNIST's training-set pixel mean and std
+AUTHORS_MNIST_MEAN, AUTHORS_MNIST_STD = 0.1307, 0.3081
+
+
+def _split_mnist_authors(
+    setting: str, data_dir: str | Path | None, download: bool, seed: int, n_tasks: int
+) -> Scenario:
+    scenario = split_scenario(
+        load_dataset("mnist", data_dir, download),
+        setting,
+        AUTHORS_CLASS_ORDER,
+        name="split-mnist-authors",
+    )
+    return standardised(scenario, AUTHORS_MNIST_MEAN, AUTHORS_MNIST_STD)
 
 
 def _permuted(
@@ -50,6 +68,8 @@ def _mnist_fashion_animal(
 BENCHMARKS: dict[str, Callable[..., Scenario]] = {
     "split-mnist": _split("mnist"),
     "split-fashion-mnist": _split("fashion-mnist"),
+    # the MAS authors' demo: tasks {1,2},{3,4},{5,6},{7,8},{9,0}, inputs (x − 0.1307) / 0.3081
+    "split-mnist-authors": _split_mnist_authors,
     "permuted-mnist": _permuted,
     "mnist-fashion-animal": _mnist_fashion_animal,
 }

@@ -4,12 +4,14 @@
 * ``domain``: domain-incremental, one shared head with the task's local labels (e.g. 2-way);
 * ``class``: class-incremental, one shared head over every class seen in the stream.
 
-Inputs are float32 in [0, 1], kept as whole tensors so that training slices batches without
-per-sample Python.
+Inputs are float32 in [0, 1] (:func:`standardised` shifts and scales them, as the MAS authors'
+Split-MNIST does), kept as whole tensors so that training slices batches without per-sample
+Python.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -139,6 +141,21 @@ def permuted_scenario(
             )
         )
     return Scenario(name or f"permuted-{dataset.name}", checked, tuple(tasks))
+
+
+def standardised(scenario: Scenario, mean: float, std: float) -> Scenario:
+    """The same stream with every input x (train and test) replaced by (x − mean) / std.
+
+    torchvision's ``Normalize((mean,), (std,))`` after ``ToTensor``: for MNIST the authors of MAS
+    use mean 0.1307 and std 0.3081, the pixel statistics of its training set.
+    """
+    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+        raise ConfigError(f"standardising needs a finite mean and std > 0, got {mean}, {std}")
+    tasks = tuple(
+        replace(task, train_x=(task.train_x - mean) / std, test_x=(task.test_x - mean) / std)
+        for task in scenario.tasks
+    )
+    return replace(scenario, tasks=tasks)
 
 
 def with_validation(scenario: Scenario, fraction: float = 0.1, seed: int = 0) -> Scenario:

@@ -1,0 +1,1 @@
+"""The experiments of the MAS authors' own code, runnable as ``memaware paper ...``."""
