@@ -310,7 +310,8 @@ def _run_and_write(
     """Check ``spec`` and ``out``, run it, write the report; the results and the files written.
 
     ``annotate`` adds to the finished results before they are written. Bad input fails before
-    any work; a late failure keeps the finished methods' results (see the module doc).
+    any work; a method that fails later leaves results.json with the finished methods and
+    ``failed``, and raises :class:`MemawareError` naming them.
     """
     spec.check()
     created = prepare_out_dir(out)
