@@ -11,8 +11,15 @@ from safetensors.torch import save_file
 from torch import nn
 
 import memaware.importance.state as state_module
-from memaware.errors import DataError
-from memaware.importance import ACCUMULATION_PRESETS, Importance, accumulate, fisher, mas
+from memaware.errors import ConfigError, DataError
+from memaware.importance import (
+    ACCUMULATION_PRESETS,
+    Importance,
+    accumulate,
+    fisher,
+    local_mas,
+    mas,
+)
 
 
 def make_model(seed: int = 0) -> nn.Module:
@@ -94,6 +101,74 @@ def test_merge_with_names_present_on_one_side_only() -> None:
     merged.sums["head"] += 1
     assert torch.equal(b.sums["head"], torch.full((1,), 5.0))
     assert b.merge(a).meta == {"method": "mas"}  # empty meta takes the other's
+
+
+@pytest.mark.parametrize(
+    ("options", "key", "value"),
+    [
+        ({"granularity": "batch"}, "granularity", "batch"),
+        ({"norm": "l1"}, "norm", "l1"),
+        ({"mode": "train"}, "mode", "train"),
+    ],
+)
+def test_merge_refuses_another_kind_naming_both(
+    options: dict[str, str], key: str, value: str
+) -> None:
+    model = make_model(7)
+    x = torch.randn(8, 1, 5, 5)
+    exact = mas(model, [x[:4]])
+    other = mas(model, [x[4:]], **options)  # type: ignore[arg-type]
+    assert exact.kind == "mas/sample/l2sq/eval"
+    assert other.kind == exact.kind.replace(exact.meta[key], value)
+    for a, b in ((exact, other), (other, exact)):
+        with pytest.raises(ConfigError) as raised:
+            a.merge(b)
+        assert str(raised.value).startswith(
+            f"cannot merge importance of kind {a.kind} with {b.kind}: "
+            f"{key} {a.meta[key]} vs {b.meta[key]}; "
+        )
+
+
+def test_merge_refuses_mas_with_fisher_and_fisher_labels_and_l_mas() -> None:
+    model = make_model(8)
+    x, y = torch.randn(6, 1, 5, 5), torch.randint(0, 3, (6,))
+    estimates = [
+        mas(model, [x]),
+        fisher(model, [(x, y)]),
+        fisher(model, [(x, y)], labels="true", generator=torch.Generator().manual_seed(0)),
+        local_mas(model, [x]),
+    ]
+    kinds = [e.kind for e in estimates]
+    assert len(set(kinds)) == 4
+    for i, a in enumerate(estimates):
+        for j, b in enumerate(estimates):
+            if i != j:
+                with pytest.raises(ConfigError, match=f"kind {kinds[i]} with {kinds[j]}"):
+                    a.merge(b)
+    assert estimates[1].merge(fisher(model, [(x, y)])).n_samples == 12  # one kind: merges
+
+
+def test_merge_of_saved_estimates_checks_their_kind(tmp_path: Path) -> None:
+    model = make_model(9)
+    x = torch.randn(6, 1, 5, 5)
+    mas(model, [x[:3]]).save(tmp_path / "a.safetensors")
+    mas(model, [x[:3]], granularity="batch").save(tmp_path / "b.safetensors")
+    first = Importance.load(tmp_path / "a.safetensors", model=model)
+    merged = first.merge(mas(model, [x[3:]]))
+    assert_same(merged, mas(model, [x]), exact=False)
+    with pytest.raises(ConfigError, match="granularity sample vs batch"):
+        first.merge(Importance.load(tmp_path / "b.safetensors"))
+
+
+def test_merge_names_options_present_on_one_side_only() -> None:
+    a = Importance({"w": torch.ones(1)}, {"w": 1}, 1, {"method": "mas", "mode": "eval"})
+    b = Importance({"w": torch.ones(1)}, {"w": 1}, 1, {"method": "mas", "heads": "current"})
+    with pytest.raises(
+        ConfigError,
+        match=r"kind mas/eval with mas/current: mode eval vs \(unset\), heads \(unset\) vs current",
+    ):
+        a.merge(b)
+    assert Importance({}, {}, 0).kind == "unspecified"
 
 
 def test_merge_shape_mismatch_raises() -> None:

@@ -278,3 +278,145 @@ def test_add_to_grad_after_dtype_change_and_state_load() -> None:
     for name, p in model.named_parameters():
         expected = 2 * 1.5 * omega[name].double() * (p.detach() - anchors[name].double())
         torch.testing.assert_close(p.grad, expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# half precision: Ω, θ*, 2λΩ and the arithmetic in float32, the gradient rounded once
+
+
+def large_importance(model: nn.Module, scale: float = 1e6) -> dict[str, torch.Tensor]:
+    """Ω of the size large logits give after many samples: beyond float16's 65504."""
+    torch.manual_seed(16)
+    return {n: (torch.rand(p.shape) + 0.5) * scale for n, p in model.named_parameters()}
+
+
+def nudge(model: nn.Module, step: float) -> None:
+    """Move every parameter by a few multiples of ``step`` (rounded to the parameter's dtype)."""
+    torch.manual_seed(17)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_((torch.randint(-3, 4, p.shape) * step).to(p.dtype))
+
+
+def float32_gradient(
+    omega: dict[str, torch.Tensor], anchors: dict[str, torch.Tensor], model: nn.Module, lam: float
+) -> dict[str, torch.Tensor]:
+    """2λΩ(θ − θ*) computed in float64 from the float32 state, then rounded to each parameter's dtype."""
+    return {
+        n: (2 * lam * omega[n].double() * (p.detach().double() - anchors[n].double())).to(p.dtype)
+        for n, p in model.named_parameters()
+    }
+
+
+@pytest.mark.parametrize(
+    ("dtype", "lam"),
+    # float16 with λ = 1: 2λΩ = 2e6 and Ω itself do not fit float16, the terms 2λΩ(θ − θ*) do;
+    # bfloat16 with λ = 1e4 (2λΩ = 2e10): bfloat16 has float32's range.
+    [(torch.float16, 1.0), (torch.bfloat16, 1e4)],
+    ids=["float16", "bfloat16"],
+)
+def test_half_precision_penalty_is_finite_and_matches_float32(
+    dtype: torch.dtype, lam: float
+) -> None:
+    model = make_model(16, dtype)
+    omega = large_importance(model)
+    anchors = {n: p.detach().float() for n, p in model.named_parameters()}
+    penalty = QuadraticPenalty(model, omega, strength=lam)
+    for name in omega:
+        assert penalty.omegas[name].dtype == torch.float32
+        assert torch.equal(penalty.omegas[name], omega[name])
+        assert torch.equal(penalty.anchors[name], anchors[name])  # the half values, exactly
+    nudge(model, 2**-10)
+    value = penalty()
+    assert value.dtype == torch.float32 and torch.isfinite(value)
+    torch.testing.assert_close(
+        value.double(), expected_value(omega, anchors, model, lam), rtol=1e-5, atol=0
+    )
+    expected = float32_gradient(omega, anchors, model, lam)
+    value.backward()
+    loss_term_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    penalty.add_to_grad()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.dtype == dtype, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().max() > 0, name
+        for grad in (p.grad, loss_term_grads[name]):
+            torch.testing.assert_close(grad.float(), expected[name].float(), rtol=3e-2, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_half_precision_gradient_is_added_in_float32_and_rounded_once(dtype: torch.dtype) -> None:
+    model = make_model(17, dtype)
+    omega = large_importance(model, scale=1e3)
+    anchors = {n: p.detach().float() for n, p in model.named_parameters()}
+    penalty = QuadraticPenalty(model, omega, strength=1.0)
+    nudge(model, 2**-8)
+    torch.manual_seed(18)
+    task = {n: torch.randn(p.shape).to(dtype) for n, p in model.named_parameters()}
+    for name, p in model.named_parameters():
+        p.grad = task[name].clone()
+    penalty.add_to_grad()
+    for name, p in model.named_parameters():
+        term = 2 * omega[name] * (p.detach().float() - anchors[name])
+        assert p.grad is not None and torch.equal(p.grad, (task[name].float() + term).to(dtype))
+
+
+def test_float16_gradient_beyond_its_range_is_a_config_error() -> None:
+    """2λΩ(θ − θ*) = 2e10 · 2^-10 does not fit float16: a clear error, nothing written."""
+    model = make_model(18, torch.float16)
+    penalty = QuadraticPenalty(model, large_importance(model), strength=1e4)
+    assert torch.isfinite(penalty()).item()  # at the anchor: 0
+    nudge(model, 2**-10)
+    assert torch.isfinite(penalty()).item()  # the value is float32: still finite
+    with pytest.raises(ConfigError, match=r"beyond float16's largest value 65504"):
+        penalty.add_to_grad()
+    assert all(p.grad is None for p in model.parameters())
+    with pytest.raises(ConfigError, match="float16"):
+        penalty().backward()
+    # the same λΩ for bfloat16 parameters is fine
+    model.bfloat16()
+    penalty.add_to_grad()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_half_precision_state_dict_round_trip_and_conversions() -> None:
+    model = make_model(19, torch.float16)
+    omega = large_importance(model)
+    saved = QuadraticPenalty(model, omega, strength=1.0)
+    state = saved.state_dict()
+    assert {v.dtype for v in state.values()} == {torch.float32}
+    nudge(model, 2**-10)
+    fresh = QuadraticPenalty(model, {n: v / 4 for n, v in omega.items()}, strength=1.0)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh(), saved())
+    saved.add_to_grad()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    fresh.half()  # the state stays in float32: a float16 copy of Ω would be inf
+    assert {v.dtype for v in fresh.state_dict().values()} == {torch.float32}
+    fresh.add_to_grad()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.equal(p.grad, expected[name]), name
+    assert fresh.to(torch.bfloat16).omegas["0.weight"].dtype == torch.float32
+    assert fresh.double().omegas["0.weight"].dtype == torch.float64
+
+
+def test_non_finite_strength_importance_or_coefficient_is_a_config_error() -> None:
+    model = make_model(20)
+    omega = random_importance(model)
+    for strength in (float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="finite"):
+            QuadraticPenalty(model, omega, strength=strength)
+    for bad in (float("nan"), float("inf")):
+        broken = {n: v.clone() for n, v in omega.items()}
+        broken["3.weight"][0, 0] = bad
+        with pytest.raises(ConfigError, match=r"importance of 3\.weight has non-finite"):
+            QuadraticPenalty(model, broken)
+    with pytest.raises(ConfigError, match=r"2λΩ of 5\.bias overflows torch\.float32"):
+        QuadraticPenalty(model, {"5.bias": torch.full((3,), 1e30)}, strength=1e10)
+    penalty = QuadraticPenalty(model, omega)
+    state = penalty.state_dict()
+    state["omega__0__bias"] = torch.full_like(state["omega__0__bias"], float("nan"))
+    with pytest.raises(ConfigError, match="non-finite"):
+        penalty.load_state_dict(state)

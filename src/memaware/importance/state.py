@@ -2,8 +2,9 @@
 
 Like a torchmetrics ``Metric`` with ``dist_reduce_fx="sum"``, an estimate keeps
 ``sums[name] = Σ_k f(g_k)`` and ``counts[name]`` (the divisor), so that the importance over the union
-of two data sets is ``(s_a + s_b) / (c_a + c_b)``: batches, processes and deployments merge exactly.
-The mapping view gives the mean ``Ω[name] = sums[name] / counts[name]``.
+of two data sets is ``(s_a + s_b) / (c_a + c_b)``: batches, processes and deployments merge exactly,
+when the estimates are of one kind (computed with the same method and options, see
+:meth:`Importance.merge`). The mapping view gives the mean ``Ω[name] = sums[name] / counts[name]``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from memaware.errors import DataError
+from memaware.errors import ConfigError, DataError
 
 _SUM_PREFIX = "sum."
 
@@ -26,7 +27,8 @@ class Importance(Mapping[str, torch.Tensor]):
     """Importance keyed by ``model.named_parameters()`` names: ``Ω[name] = sums[name] / counts[name]``.
 
     ``n_samples`` is the number of data points the estimate has seen; ``meta`` records how it was
-    computed (method and options), and is written into saved files.
+    computed (method and options), is written into saved files, and is the estimate's kind: only
+    estimates with equal ``meta`` merge.
     """
 
     def __init__(
@@ -55,8 +57,32 @@ class Importance(Mapping[str, torch.Tensor]):
     def __repr__(self) -> str:
         return f"Importance({len(self)} tensors, n_samples={self.n_samples}, meta={self.meta})"
 
+    @property
+    def kind(self) -> str:
+        """How the estimate was computed, as its ``meta`` values joined by ``/`` (``mas/sample/l2sq/eval``)."""
+        return "/".join(map(str, self.meta.values())) or "unspecified"
+
     def merge(self, other: Importance) -> Importance:
-        """The estimate over the union of both data sets: sums and counts add, name by name."""
+        """The estimate over the union of both data sets: sums and counts add, name by name.
+
+        Only estimates of one kind merge: their ``meta`` (method and every option written there:
+        granularity, norm, mode, Fisher labels, l-MAS activation) must be equal, since under other
+        options a sum is of another quantity (MAS sums |g|, the Fisher g²) or a count of other
+        things (samples for ``granularity="sample"``, batches for ``"batch"``); otherwise
+        :class:`ConfigError` names both kinds. An estimate without ``meta`` (built by hand)
+        merges with any, and the result takes the other's.
+        """
+        if self.meta and other.meta and self.meta != other.meta:
+            differences = ", ".join(
+                f"{key} {self.meta.get(key, '(unset)')} vs {other.meta.get(key, '(unset)')}"
+                for key in {**self.meta, **other.meta}
+                if self.meta.get(key) != other.meta.get(key)
+            )
+            raise ConfigError(
+                f"cannot merge importance of kind {self.kind} with {other.kind}: {differences}; "
+                "sums and counts mean different things under different options, so only "
+                "estimates computed with the same ones merge"
+            )
         sums = dict(self.sums)
         counts = dict(self.counts)
         for name, value in other.sums.items():
