@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import memaware.importance.exact as exact_module
+import memaware.importance.sequence_rules as sequence_rules
 from memaware.errors import ConfigError
 from memaware.importance import mas
 from test_importance_rules import TOL64, assert_matches, check_mas, per_sample_reference, seeded
@@ -175,6 +176,28 @@ def test_attention_uses_its_rule_not_the_graph_path(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(exact_module.ExactEngine, "_graph_pass", spy)
     mas(model, [torch.randn(4, 6, 5)])
     assert passes == []
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_self_attention_reads_the_forward_projections(
+    batch_first: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Self-attention gets δ of its packed projection from the backward pass itself; the core is
+    recomputed only for cross attention (the recompute is the fallback, checked by the test
+    below)."""
+    seeded(113)
+    recomputed: list[int] = []
+    original = sequence_rules._attend
+
+    def spy(*args: object, **kwargs: object) -> object:
+        recomputed.append(1)
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sequence_rules, "_attend", spy)
+    model = Encoder(batch_first).double()
+    x = torch.randn(5, 6, 5, dtype=torch.float64)
+    check_mas(model, x, tol=1e-9)
+    assert recomputed == []
 
 
 @pytest.mark.parametrize("batch_first", [True, False])

@@ -42,7 +42,7 @@ from memaware.errors import ConfigError
 from memaware.importance import sequence_rules  # also registers the attention rule
 from memaware.importance.capture import Call, OwnedParameters, owners, recording
 from memaware.importance.fallback import fallback_rule
-from memaware.importance.rules import RULES, Reduce, chunks, sum_over_samples
+from memaware.importance.rules import RULES, Reduce, chunks, compute_dtype, sum_over_samples
 
 # Builds per-sample objectives from a batch: each returned tensor has shape (N,), L_k for every
 # sample k. Most objectives return one; the per-output-unit ("vector") MAS variant one per unit.
@@ -50,11 +50,6 @@ Objectives = Callable[[nn.Module, torch.Tensor], Sequence[torch.Tensor]]
 
 #: Modules that lay out their own inputs (``batch_first``): their rules read the layout.
 _OWN_LAYOUT: tuple[type[nn.Module], ...] = (nn.MultiheadAttention, nn.RNNBase)
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Importance is computed and summed in float32 at least (half-precision sums overflow)."""
-    return torch.promote_types(dtype, torch.float32) if dtype.is_floating_point else dtype
 
 
 class ExactEngine:
@@ -84,6 +79,8 @@ class ExactEngine:
         self._graph: set[str] = set()  # parameter names on the graph path for this batch
         self._deltas: dict[int, dict[tuple[int, int], torch.Tensor]] = {}
         self._n = 0  # samples in the current batch
+        # what self-attention layers' own forward and backward computed, by entry
+        self._projections: dict[int, dict[str, torch.Tensor]] = {}
 
     def add_batch(self, x: torch.Tensor, objectives: Objectives) -> None:
         """Add Σ_k f(g_k) of this batch's samples to :attr:`sums`."""
@@ -108,6 +105,7 @@ class ExactEngine:
         n = self._n = len(x)
         for entry in self.owned:
             entry.calls.clear()
+        self._projections = {}
         with recording(self.owned, on_gradient=self._on_gradient), _uses(self.owned) as outside:
             losses = objectives(self.model, x)
         for loss in losses:
@@ -142,7 +140,7 @@ class ExactEngine:
                 if self._graph:
                     self._graph_pass(loss)
         finally:
-            self._deltas = {}
+            self._deltas, self._projections = {}, {}
             for entry in self.owned:
                 entry.calls.clear()
 
@@ -154,7 +152,9 @@ class ExactEngine:
                 users[full] = users.get(full, 0) + 1
         graph = {name for name, count in users.items() if count > 1} | outside
         for entry in called:
-            if not all(_layout_fits(entry, call, n) for call in entry.calls):
+            # a layer with its own layout has no fallback: called twice, it takes the graph path
+            own_layout_reused = isinstance(entry.module, _OWN_LAYOUT) and len(entry.calls) > 1
+            if own_layout_reused or not all(_layout_fits(entry, call, n) for call in entry.calls):
                 graph |= set(entry.full_names.values())
         self._graph = graph
         self._immediate = {
@@ -162,8 +162,28 @@ class ExactEngine:
             for entry in called
             if len(entry.calls) == 1
             and len(entry.calls[0].edges) == 1
+            and not isinstance(entry.module, nn.MultiheadAttention)  # waits for its projections
             and not set(entry.full_names.values()) <= graph
         }
+        for entry in called:
+            if isinstance(entry.module, nn.MultiheadAttention) and len(entry.calls) == 1:
+                self._watch_projections(entry)
+
+    def _watch_projections(self, entry: OwnedParameters) -> None:
+        """Have the backward pass hand over δ of a self-attention layer's packed projection."""
+        call = entry.calls[0]
+        assert isinstance(entry.module, nn.MultiheadAttention)
+        found = sequence_rules.forward_projections(entry.module, call)
+        if found is None:
+            return
+        node, out_input = found
+        projections = self._projections.setdefault(id(entry), {"out_input": out_input})
+
+        def keep(grad_outputs: tuple[torch.Tensor | None, ...]) -> None:
+            if self._live and grad_outputs[0] is not None:
+                projections["in_delta"] = grad_outputs[0].detach()
+
+        node.register_prehook(keep)
 
     def _on_gradient(
         self, entry: OwnedParameters, index: int, leaf: int, delta: torch.Tensor
@@ -181,16 +201,28 @@ class ExactEngine:
         wanted = {local for local, full in entry.full_names.items() if full not in self._graph}
         if not wanted:
             return
-        reached = []
+        reached, indices = [], []
         for index, call in enumerate(entry.calls):
             leaves = [deltas.get((index, leaf)) for leaf in range(len(call.edges))]
             if any(d is not None for d in leaves):
                 reached.append(_sample_first(entry, call, leaves, n))
+                indices.append(index)
         if not reached:
             return  # the module ran but does not reach the objective
         result = None
+        projections = self._projections.get(id(entry))
+        if (
+            isinstance(entry.module, nn.MultiheadAttention)
+            and projections is not None
+            and "in_delta" in projections
+        ):
+            # δ of the packed projection came with the backward pass itself: nothing to recompute
+            args, _, delta, _ = reached[0]
+            result = sequence_rules.attention_from_projections(
+                entry.module, args[0], projections, delta[0], self.f
+            )
         rule = RULES.get(type(entry.module))
-        if rule is not None and len(reached) == 1:
+        if result is None and rule is not None and len(reached) == 1:
             args, kwargs, delta, _ = reached[0]
             positional = _positional(entry.module, args, kwargs)
             if positional is not None:

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from memaware.errors import ConfigError
-from memaware.importance.exact import ExactEngine, compute_dtype
+from memaware.importance.exact import ExactEngine
 from memaware.importance.mas import Mode, OutputFn, _device, _ModeSwitch, model_output
+from memaware.importance.rules import compute_dtype
 from memaware.importance.state import Importance
 
 

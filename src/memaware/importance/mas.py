@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from memaware.errors import ConfigError
-from memaware.importance.exact import ExactEngine, compute_dtype
+from memaware.importance.exact import ExactEngine
+from memaware.importance.rules import compute_dtype
 from memaware.importance.state import Importance
 
 Granularity = Literal["sample", "batch"]

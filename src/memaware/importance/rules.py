@@ -41,8 +41,13 @@ entry per output tensor (``None`` for an output that does not reach the objectiv
 
 RULES: dict[type[nn.Module], Rule] = {}
 
-# Per-sample gradients that are not rank one are materialised this many floats (16 MiB) at a time.
+# Per-sample gradients that are not rank one are materialised this many floats (8 MiB) at a time.
 CHUNK_ELEMENTS = 1 << 21
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Importance is computed and summed in float32 at least (half-precision sums overflow)."""
+    return torch.promote_types(dtype, torch.float32) if dtype.is_floating_point else dtype
 
 
 def register_rule(*module_types: type[nn.Module]) -> Callable[[Rule], Rule]:

@@ -8,8 +8,9 @@ gradients are sums over positions of rank-one terms,
     g_k(W_q) = Σ_t δq_kt x_q,ktᵀ,   g_k(W_o) = Σ_t δ_kt A_ktᵀ,   g_k(b_o) = Σ_t δ_kt,
 
 so the rule recomputes the attention core from the layer's recorded inputs (one batched
-forward and backward of softmax(q kᵀ/√d + mask) v, no parameter gradient) to get δq, δk, δv and
-A, then contracts per sample as the linear rule does. Masks (``key_padding_mask``,
+forward and backward of softmax(q kᵀ/√d + mask) v with the fused kernel, no parameter gradient)
+to get δq, δk, δv and A, then contracts per sample as the linear rule does (for self-attention,
+one contraction for the packed (3E × E) projection). Masks (``key_padding_mask``,
 ``attn_mask`` 2-D or 3-D, boolean or additive) and both layouts (``batch_first``) are supported;
 a gradient reaching the returned attention weights is followed too.
 Separate q/k/v projection weights (``kdim``/``vdim``), ``add_bias_kv``, ``add_zero_attn``,
@@ -24,8 +25,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.graph import Node
 
-from memaware.importance.rules import Reduce, register_rule, sequence_linear
+from memaware.importance.capture import Call
+from memaware.importance.rules import Reduce, compute_dtype, register_rule, sequence_linear
 
 
 def attention_supported(
@@ -61,9 +64,10 @@ def _attend(
     heads: int,
     key_padding_mask: torch.Tensor | None,
     attn_mask: torch.Tensor | None,
+    weights_wanted: bool,
     average: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attended values A (N, L, E) and the attention weights, from projected (N, ·, E) q, k, v."""
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Attended values A (N, L, E) and, if wanted, the attention weights, from projected q, k, v."""
     n, length, embed = q.shape
     source = k.shape[1]
     head_dim = embed // heads
@@ -71,15 +75,25 @@ def _attend(
     def split(t: torch.Tensor) -> torch.Tensor:
         return t.reshape(n, -1, heads, head_dim).transpose(1, 2)
 
-    scores = split(q) @ split(k).transpose(-2, -1) / math.sqrt(head_dim)
+    mask = None
     if attn_mask is not None:
-        mask = _additive(attn_mask, scores.dtype)
-        scores = scores + (mask.reshape(n, heads, length, source) if mask.dim() == 3 else mask)
+        mask = _additive(attn_mask, q.dtype)
+        mask = mask.reshape(n, heads, length, source) if mask.dim() == 3 else mask
     if key_padding_mask is not None:
-        scores = scores + _additive(key_padding_mask, scores.dtype).reshape(n, 1, 1, source)
-    weights = torch.softmax(scores, dim=-1)
+        padding = _additive(key_padding_mask, q.dtype).reshape(n, 1, 1, source)
+        mask = padding if mask is None else mask + padding
+    if not weights_wanted:  # the fused kernel, as the layer's own forward uses
+        attended = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask)
+        return attended.transpose(1, 2).reshape(n, length, embed), None
+    scores = split(q) @ split(k).transpose(-2, -1) / math.sqrt(head_dim)
+    weights = torch.softmax(scores if mask is None else scores + mask, dim=-1)
     attended = (weights @ split(v)).transpose(1, 2).reshape(n, length, embed)
     return attended, weights.mean(1) if average else weights
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two recorded (separately detached) inputs are the same tensor: self-attention."""
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
 
 
 @register_rule(nn.MultiheadAttention)
@@ -97,23 +111,37 @@ def attention_rule(
     weight = module.in_proj_weight.detach().to(dtype)
     bias = module.in_proj_bias.detach().to(dtype) if module.in_proj_bias is not None else None
     out_weight = module.out_proj.weight.detach().to(dtype)
-    inputs = (query, key, value)
-    w_blocks = weight.chunk(3)
-    b_blocks = bias.chunk(3) if bias is not None else (None, None, None)
+    self_attention = _same(query, key) and _same(key, value)
     with torch.enable_grad():
-        projected = [
-            F.linear(x, w, b).requires_grad_()
-            for x, w, b in zip(inputs, w_blocks, b_blocks, strict=True)
-        ]
-        q, k, v = projected
+        # δ is wanted with respect to the projections: they are the leaves of this small graph.
+        if self_attention:  # one projection (N, L, 3E) for q, k and v, as the layer computes it
+            projected = [F.linear(query, weight, bias).requires_grad_()]
+            q, k, v = projected[0].chunk(3, -1)
+            sources = [query]
+        else:
+            b_blocks = bias.chunk(3) if bias is not None else (None, None, None)
+            projected = [
+                F.linear(x, w, b).requires_grad_()
+                for x, w, b in zip((query, key, value), weight.chunk(3), b_blocks, strict=True)
+            ]
+            q, k, v = projected
+            sources = [query, key, value]
         attended, weights = _attend(
-            q, k, v, module.num_heads, key_padding_mask, attn_mask, bool(average)
+            q,
+            k,
+            v,
+            module.num_heads,
+            key_padding_mask,
+            attn_mask,
+            weights_delta is not None,
+            bool(average),
         )
         outputs, cotangents = [], []
         if out_delta is not None:
             outputs.append(attended)
             cotangents.append(out_delta @ out_weight)
         if weights_delta is not None:
+            assert weights is not None
             outputs.append(weights)
             cotangents.append(weights_delta)
         grads = torch.autograd.grad(outputs, projected, cotangents, allow_unused=True)
@@ -123,7 +151,7 @@ def attention_rule(
     result: dict[str, torch.Tensor] = {}
     if module.in_proj_weight.requires_grad:
         result["in_proj_weight"] = torch.cat(
-            [sequence_linear(g, x, f) for g, x in zip(grads, inputs, strict=True)]
+            [sequence_linear(g, x, f) for g, x in zip(grads, sources, strict=True)]
         )
     if module.in_proj_bias is not None and module.in_proj_bias.requires_grad:
         result["in_proj_bias"] = torch.cat([f(g.sum(1)).sum(0) for g in grads])
@@ -132,6 +160,97 @@ def attention_rule(
             result["out_proj.weight"] = sequence_linear(out_delta, attended.detach(), f)
         if module.out_proj.bias is not None and module.out_proj.bias.requires_grad:
             result["out_proj.bias"] = f(out_delta.sum(1)).sum(0)
+    return result
+
+
+def forward_projections(
+    module: nn.MultiheadAttention, call: Call
+) -> tuple[Node, torch.Tensor] | None:
+    """For a self-attention call: the graph node of its packed input projection (whose output
+    gradient is δ of q, k, v as rows (L·N, 3E)) and the input of its output projection, A as
+    rows (L·N, E), both as ``F.multi_head_attention_forward`` computed them.
+
+    Found by walking the layer's part of the graph from its output to the products with
+    ``in_proj_weight`` and ``out_proj.weight``; ``None`` (the rule recomputes them) for cross
+    attention or a graph of another shape.
+    """
+    query, key, value = (*call.args, None, None, None)[:3]
+    edge = call.edges[0]
+    if not (
+        isinstance(query, torch.Tensor)
+        and isinstance(key, torch.Tensor)
+        and isinstance(value, torch.Tensor)
+        and _same(query, key)
+        and _same(key, value)
+        and edge is not None
+    ):
+        return None
+    weights = {id(module.in_proj_weight): "in", id(module.out_proj.weight): "out"}
+    found: dict[str, Node] = {}
+    stack: list[Node] = [edge.node]
+    seen: set[Node] = set()
+    while stack and len(seen) < _WALK_LIMIT and len(found) < 2:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        for child, _ in node.next_functions:
+            if child is None:
+                continue
+            if child.name() == "TBackward0":  # the product's weight operand is wᵀ
+                leaf = child.next_functions[0][0]
+                kind = weights.get(id(getattr(leaf, "variable", None)))
+                if kind is not None:
+                    found[kind] = node
+            stack.append(child)
+    if set(found) != {"in", "out"}:
+        return None
+    out_input = getattr(found["out"], "_saved_mat1", None)
+    length, n, embed = (
+        query.shape if not module.batch_first else (query.shape[1], query.shape[0], query.shape[2])
+    )
+    if not isinstance(out_input, torch.Tensor) or out_input.shape != (length * n, embed):
+        return None
+    return found["in"], out_input.detach()
+
+
+#: Nodes visited at most to find an attention layer's projections (its own part of the graph
+#: has a few dozen).
+_WALK_LIMIT = 200
+
+
+def attention_from_projections(
+    module: nn.MultiheadAttention,
+    query: torch.Tensor,
+    projections: dict[str, torch.Tensor],
+    out_delta: torch.Tensor | None,
+    f: Reduce,
+) -> dict[str, torch.Tensor] | None:
+    """The rule's result from what the layer's own forward and backward computed (self-attention).
+
+    ``projections`` holds δ of the packed input projection and the output projection's input,
+    as rows l·N + n (see :func:`forward_projections`); ``query`` and ``out_delta`` are in the
+    layer's layout. ``None`` when the shapes are not the expected ones.
+    """
+    dtype = compute_dtype(query.dtype)
+    x = query.to(dtype) if module.batch_first else query.to(dtype).transpose(0, 1)
+    n, length, embed = x.shape
+    in_delta = projections["in_delta"]
+    if in_delta.shape != (length * n, 3 * embed):
+        return None
+    d = in_delta.to(dtype).reshape(length, n, -1).transpose(0, 1)
+    result: dict[str, torch.Tensor] = {}
+    if module.in_proj_weight.requires_grad:
+        result["in_proj_weight"] = sequence_linear(d, x, f)
+    if module.in_proj_bias is not None and module.in_proj_bias.requires_grad:
+        result["in_proj_bias"] = f(d.sum(1)).sum(0)
+    if out_delta is not None:
+        attended = projections["out_input"].to(dtype).reshape(length, n, -1).transpose(0, 1)
+        od = out_delta.to(dtype) if module.batch_first else out_delta.to(dtype).transpose(0, 1)
+        if module.out_proj.weight.requires_grad:
+            result["out_proj.weight"] = sequence_linear(od, attended, f)
+        if module.out_proj.bias is not None and module.out_proj.bias.requires_grad:
+            result["out_proj.bias"] = f(od.sum(1)).sum(0)
     return result
 
 
