@@ -31,8 +31,8 @@ Choices (beyond the paper, which merges one fixed network):
   left them.
 * **L2-transfer** applies to the parameters the current task trains that existed at task t−1
   (the backbone and, in domain/class settings, the shared head); a new head is free, and old
-  heads are left out of the penalty because a zero-gradient entry would let Adam's stale moments
-  move them. The first task has no penalty (the authors' code pulls it towards 0, a weight decay;
+  heads are left out of the penalty (the loss does not reach them, and the training loop holds
+  them still). The first task has no penalty (the authors' code pulls it towards 0, a weight decay;
   we leave that to the optimiser). Default λ = 1e-4, the authors' code default (an L2 distance
   summed over all weights is large, so useful values are small; with 0 only weight-transfer acts).
 * **weight_transfer=False** restarts the trained parameters (backbone and current heads) of every
