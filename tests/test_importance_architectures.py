@@ -216,6 +216,26 @@ def test_attention_with_masks_and_weights_used(batch_first: bool) -> None:
     check_mas(Cross().double(), torch.randn(5, 7, 8, dtype=torch.float64), tol=1e-9)
 
 
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_self_attention_whose_weights_reach_the_output(batch_first: bool) -> None:
+    seeded(114)
+
+    class SelfAttention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=batch_first)
+            self.head = nn.Linear(8 + 5, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = x if batch_first else x.transpose(0, 1)
+            out, weights = self.attn(h, h, h)
+            if not batch_first:
+                out = out.transpose(0, 1)
+            return self.head(torch.cat([out, weights], -1)).sum(1)
+
+    check_mas(SelfAttention().double(), torch.randn(6, 5, 8, dtype=torch.float64), tol=1e-9)
+
+
 @pytest.mark.parametrize("kind", [nn.GRU, nn.LSTM, nn.RNN])
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_recurrent_layers(kind: type[nn.RNNBase], batch_first: bool) -> None:

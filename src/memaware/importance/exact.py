@@ -201,12 +201,11 @@ class ExactEngine:
         wanted = {local for local, full in entry.full_names.items() if full not in self._graph}
         if not wanted:
             return
-        reached, indices = [], []
+        reached = []
         for index, call in enumerate(entry.calls):
             leaves = [deltas.get((index, leaf)) for leaf in range(len(call.edges))]
             if any(d is not None for d in leaves):
                 reached.append(_sample_first(entry, call, leaves, n))
-                indices.append(index)
         if not reached:
             return  # the module ran but does not reach the objective
         result = None
