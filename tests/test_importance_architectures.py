@@ -332,3 +332,37 @@ def test_packed_sequences_take_the_exact_graph_path() -> None:
             return self.head(self.gru(packed)[1][0])
 
     check_mas(Packed().double(), torch.randn(6, 5, 3, dtype=torch.float64), tol=TOL64)
+
+
+def test_a_batch_with_a_new_call_structure_is_watched_again() -> None:
+    """The engine watches parameter uses once per structure of calls: a later batch that takes
+    another branch (here: a second layer, and the embedding's weight applied by the parent) is
+    watched too, so its functional use takes the graph path."""
+    seeded(115)
+
+    class Branching(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Linear(4, 4)
+            self.extra = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.tanh(self.emb(x))
+            if bool(x[0, 0] > 0):
+                h = nn.functional.linear(self.extra(h), self.emb.weight)
+            return h
+
+    model = Branching().double()
+    first = torch.randn(5, 4, dtype=torch.float64)
+    first[:, 0] = -1.0  # every sample, alone or in its batch, takes the same branch
+    second = torch.randn(5, 4, dtype=torch.float64)
+    second[:, 0] = 1.0
+    imp = mas(model, [first, second])
+    ref_first, ref_second = per_sample_reference(model, first), per_sample_reference(model, second)
+    ref = {
+        name: (ref_first.get(name, 0) + ref_second[name]) / 2
+        if name in ref_first
+        else ref_second[name] / 2
+        for name in ref_second
+    }
+    assert_matches(imp, ref, TOL64)

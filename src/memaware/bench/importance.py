@@ -52,6 +52,8 @@ def cnn_model() -> nn.Module:
 class TransformerClassifier(nn.Module):
     """A projection to d = 128, 2 encoder layers (4 heads, feed-forward 512), mean pooling, a head."""
 
+    memaware_own_parameters_only = True  # it applies parameters only through its layers
+
     def __init__(self) -> None:
         super().__init__()
         self.embed = nn.Linear(FEATURES, 128)

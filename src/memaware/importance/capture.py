@@ -129,6 +129,8 @@ GradientCallback = Callable[[OwnedParameters, int, int, torch.Tensor], None]
 
 def output_tensors(output: Any) -> list[torch.Tensor]:
     """The tensor leaves of a module's output structure (a tensor, tuples, lists, dicts), in order."""
+    if isinstance(output, torch.Tensor):
+        return [output]
     return [leaf for leaf in tree_flatten(output)[0] if isinstance(leaf, torch.Tensor)]
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -81,6 +81,9 @@ class ExactEngine:
         self._n = 0  # samples in the current batch
         # what self-attention layers' own forward and backward computed, by entry
         self._projections: dict[int, dict[str, torch.Tensor]] = {}
+        # parameters used outside their owners, by structure of calls (see _forward)
+        self._outside: dict[tuple[Any, ...], set[str]] = {}
+        self._watch = not all(_own_parameters_only(type(m)) for m in model.modules())
 
     def add_batch(self, x: torch.Tensor, objectives: Objectives) -> None:
         """Add Σ_k f(g_k) of this batch's samples to :attr:`sums`."""
@@ -103,11 +106,10 @@ class ExactEngine:
 
     def _run(self, x: torch.Tensor, objectives: Objectives, scale: float) -> None:
         n = self._n = len(x)
-        for entry in self.owned:
-            entry.calls.clear()
-        self._projections = {}
-        with recording(self.owned, on_gradient=self._on_gradient), _uses(self.owned) as outside:
-            losses = objectives(self.model, x)
+        losses, outside = self._forward(x, objectives, track=self._watch and not self._outside)
+        if outside is None:  # a structure of calls not seen yet: watch its parameter uses
+            losses, outside = self._forward(x, objectives, track=True)
+        assert outside is not None
         for loss in losses:
             if loss.shape != (n,):
                 raise ConfigError(
@@ -143,6 +145,36 @@ class ExactEngine:
             self._deltas, self._projections = {}, {}
             for entry in self.owned:
                 entry.calls.clear()
+
+    def _forward(
+        self, x: torch.Tensor, objectives: Objectives, track: bool
+    ) -> tuple[Sequence[torch.Tensor], set[str] | None]:
+        """The objectives of the batch, with every owner's calls recorded, and the parameters used
+        outside their owners (``None`` if not tracked and this structure of calls is new).
+
+        Watching every operation costs a few per cent of a small model's pass, so it runs only for
+        models with a class that does not declare ``OWN_PARAMETERS_ONLY``, once per structure of
+        calls (which modules ran, how often, with how many outputs): on the first
+        batch, and again on a batch whose structure differs from every tracked one (its forward
+        is then run a second time, with the watch on).
+        """
+        for entry in self.owned:
+            entry.calls.clear()
+        self._projections = {}
+        unwatched: set[str] | None = None if self._watch else set()
+        uses: AbstractContextManager[set[str] | None] = (
+            _uses(self.owned) if track else nullcontext(unwatched)
+        )
+        with recording(self.owned, on_gradient=self._on_gradient), uses as outside:
+            losses = objectives(self.model, x)
+        structure = tuple(
+            (index, len(entry.calls), tuple(len(call.edges) for call in entry.calls))
+            for index, entry in enumerate(self.owned)
+            if entry.calls
+        )
+        if outside is not None:
+            self._outside[structure] = outside
+        return losses, self._outside.get(structure)
 
     def _route(self, called: list[OwnedParameters], outside: set[str], n: int) -> None:
         """Which parameters take the graph path, and which modules' rules run during the pass."""
@@ -278,6 +310,17 @@ def _looped(
     )
 
 
+#: A module class that sets this attribute to True declares that its forward applies no
+#: parameter of another module except by calling that module (the engine then need not watch
+#: its operations). The classes of ``torch.nn`` are taken to do so (attention, which does not,
+#: owns the parameters it applies).
+OWN_PARAMETERS_ONLY = "memaware_own_parameters_only"
+
+
+def _own_parameters_only(kind: type[nn.Module]) -> bool:
+    return kind.__module__.startswith("torch.nn.") or getattr(kind, OWN_PARAMETERS_ONLY, False)
+
+
 def _layout_fits(entry: OwnedParameters, call: Call, n: int) -> bool:
     """Whether the call's outputs hold the ``n`` samples where the module's rule looks for them."""
     module = entry.module
@@ -327,6 +370,8 @@ def _positional(
 ) -> tuple[Any, ...] | None:
     """The call's arguments as a positional tuple (defaults filled in), for the layer rules;
     ``None`` when they cannot be bound that way."""
+    if not kwargs and not isinstance(module, _OWN_LAYOUT):
+        return args  # the rules of layers with their own layout read optional arguments too
     kind = type(module)
     if kind not in _SIGNATURES:
         _SIGNATURES[kind] = inspect.signature(kind.forward)

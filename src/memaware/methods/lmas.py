@@ -38,6 +38,8 @@ _PREFIX = "model."
 class _HeadView(nn.Module):
     """``model`` answering with one head, so that ``view(x)`` runs the backbone and that head."""
 
+    memaware_own_parameters_only = True  # it applies parameters only through its layers
+
     def __init__(self, model: MultiHeadClassifier, head: int) -> None:
         super().__init__()
         self.model = model

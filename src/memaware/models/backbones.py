@@ -15,6 +15,8 @@ class MLP(nn.Sequential):
     Inputs of any shape ``(N, ...)`` are flattened to ``(N, in_features)``.
     """
 
+    memaware_own_parameters_only = True  # it applies parameters only through its layers
+
     def __init__(self, in_features: int = 784, hidden: Sequence[int] = (400, 400)) -> None:
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_features
@@ -28,6 +30,8 @@ class MLP(nn.Sequential):
 
 class SmallCNN(nn.Module):
     """Two 3×3 conv blocks with max-pooling and one linear layer: ``(N, C, H, W) -> (N, features)``."""
+
+    memaware_own_parameters_only = True  # it applies parameters only through its layers
 
     def __init__(
         self, in_channels: int = 3, image_size: int = 32, width: int = 32, features: int = 256

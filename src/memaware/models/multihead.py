@@ -21,6 +21,8 @@ class MultiHeadClassifier(nn.Module):
     Domain- and class-incremental scenarios use a single head (id ``0``) for every task.
     """
 
+    memaware_own_parameters_only = True  # it applies parameters only through its layers
+
     def __init__(self, backbone: nn.Module, feature_dim: int) -> None:
         super().__init__()
         self.backbone = backbone
