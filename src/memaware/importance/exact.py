@@ -41,7 +41,7 @@ from torch.overrides import TorchFunctionMode
 from memaware.errors import ConfigError
 from memaware.importance import sequence_rules  # also registers the attention rule
 from memaware.importance.capture import Call, OwnedParameters, owners, recording
-from memaware.importance.fallback import fallback_rule
+from memaware.importance.fallback import FallbackCall, fallback_rule
 from memaware.importance.rules import RULES, Reduce, chunks, compute_dtype, sum_over_samples
 
 # Builds per-sample objectives from a batch: each returned tensor has shape (N,), L_k for every
@@ -138,7 +138,7 @@ class ExactEngine:
                 finally:
                     self._live = False
                 for entry in deferred:
-                    self._accumulate(entry, self._deltas[id(entry)], n)
+                    self._accumulate(entry, self._deltas[id(entry)])
                 if self._graph:
                     self._graph_pass(loss)
         finally:
@@ -223,12 +223,12 @@ class ExactEngine:
         if not self._live:
             return
         if id(entry) in self._immediate:
-            self._accumulate(entry, {(index, leaf): delta}, self._n)
+            self._accumulate(entry, {(index, leaf): delta})
         else:
             self._deltas[id(entry)][(index, leaf)] = delta
 
     def _accumulate(
-        self, entry: OwnedParameters, deltas: dict[tuple[int, int], torch.Tensor], n: int
+        self, entry: OwnedParameters, deltas: dict[tuple[int, int], torch.Tensor]
     ) -> None:
         wanted = {local for local, full in entry.full_names.items() if full not in self._graph}
         if not wanted:
@@ -237,7 +237,7 @@ class ExactEngine:
         for index, call in enumerate(entry.calls):
             leaves = [deltas.get((index, leaf)) for leaf in range(len(call.edges))]
             if any(d is not None for d in leaves):
-                reached.append(_sample_first(entry, call, leaves, n))
+                reached.append(_sample_first(entry, call, leaves, self._n))
         if not reached:
             return  # the module ran but does not reach the objective
         result = None
@@ -332,14 +332,9 @@ def _layout_fits(entry: OwnedParameters, call: Call, n: int) -> bool:
     return all(len(shape) > d and shape[d] == n for shape in call.shapes)
 
 
-SampleFirstCall = tuple[
-    tuple[Any, ...], dict[str, Any], list[torch.Tensor | None], list[torch.Size]
-]
-
-
 def _sample_first(
     entry: OwnedParameters, call: Call, deltas: list[torch.Tensor | None], n: int
-) -> SampleFirstCall:
+) -> FallbackCall:
     """The call's inputs, output gradients and output shapes with the sample on dimension 0, in
     the compute dtype (float32 for half-precision models). Attention lays out its own inputs."""
     d = 0 if isinstance(entry.module, _OWN_LAYOUT) else entry.sample_dim

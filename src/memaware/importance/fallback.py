@@ -43,17 +43,21 @@ def fallback_rule(
     n = calls[0][3][0][0]
     per_sample_elements = sum(p.numel() for p in detached.values())
     totals = {name: torch.zeros_like(detached[name]) for name in names}
+    device = totals[names[0]].device
+    cotangents = [
+        [
+            d if d is not None else torch.zeros(shape, dtype=dtype, device=device)
+            for d, shape in zip(deltas, shapes, strict=True)
+        ]
+        for _, _, deltas, shapes in calls
+    ]
     for part in chunks(n, per_sample_elements):
         grads: dict[str, torch.Tensor] | None = None
-        for args, kwargs, deltas, shapes in calls:
-            cotangents = [
-                d
-                if d is not None
-                else torch.zeros(shape, dtype=dtype, device=totals[names[0]].device)
-                for d, shape in zip(deltas, shapes, strict=True)
-            ]
+        for (args, kwargs, _, _), call_cotangents in zip(calls, cotangents, strict=True):
             with torch.no_grad():
-                call_grads = _per_sample_vjp(module, detached, args, kwargs, cotangents, n, part)
+                call_grads = _per_sample_vjp(
+                    module, detached, args, kwargs, call_cotangents, n, part
+                )
             grads = call_grads if grads is None else {k: grads[k] + call_grads[k] for k in names}
         assert grads is not None
         for name in names:

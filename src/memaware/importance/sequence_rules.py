@@ -148,16 +148,29 @@ def attention_rule(
     grads = tuple(
         g if g is not None else torch.zeros_like(p) for g, p in zip(grads, projected, strict=True)
     )
+    return _projection_importance(
+        module, list(zip(grads, sources, strict=True)), out_delta, attended.detach(), f
+    )
+
+
+def _projection_importance(
+    module: nn.MultiheadAttention,
+    inputs: list[tuple[torch.Tensor, torch.Tensor]],
+    out_delta: torch.Tensor | None,
+    attended: torch.Tensor,
+    f: Reduce,
+) -> dict[str, torch.Tensor]:
+    """Σ_k f(g_k) of the input projection's blocks, from (δ, input) pairs (one pair for the packed
+    q/k/v projection, three for separate inputs), and of the output projection, from its δ and
+    input A; every tensor (N, L, ·)."""
     result: dict[str, torch.Tensor] = {}
     if module.in_proj_weight.requires_grad:
-        result["in_proj_weight"] = torch.cat(
-            [sequence_linear(g, x, f) for g, x in zip(grads, sources, strict=True)]
-        )
+        result["in_proj_weight"] = torch.cat([sequence_linear(d, x, f) for d, x in inputs])
     if module.in_proj_bias is not None and module.in_proj_bias.requires_grad:
-        result["in_proj_bias"] = torch.cat([f(g.sum(1)).sum(0) for g in grads])
+        result["in_proj_bias"] = torch.cat([f(d.sum(1)).sum(0) for d, _ in inputs])
     if out_delta is not None:
         if module.out_proj.weight.requires_grad:
-            result["out_proj.weight"] = sequence_linear(out_delta, attended.detach(), f)
+            result["out_proj.weight"] = sequence_linear(out_delta, attended, f)
         if module.out_proj.bias is not None and module.out_proj.bias.requires_grad:
             result["out_proj.bias"] = f(out_delta.sum(1)).sum(0)
     return result
@@ -239,19 +252,11 @@ def attention_from_projections(
     if in_delta.shape != (length * n, 3 * embed):
         return None
     d = in_delta.to(dtype).reshape(length, n, -1).transpose(0, 1)
-    result: dict[str, torch.Tensor] = {}
-    if module.in_proj_weight.requires_grad:
-        result["in_proj_weight"] = sequence_linear(d, x, f)
-    if module.in_proj_bias is not None and module.in_proj_bias.requires_grad:
-        result["in_proj_bias"] = f(d.sum(1)).sum(0)
+    attended = projections["out_input"].to(dtype).reshape(length, n, -1).transpose(0, 1)
+    od = None
     if out_delta is not None:
-        attended = projections["out_input"].to(dtype).reshape(length, n, -1).transpose(0, 1)
         od = out_delta.to(dtype) if module.batch_first else out_delta.to(dtype).transpose(0, 1)
-        if module.out_proj.weight.requires_grad:
-            result["out_proj.weight"] = sequence_linear(od, attended, f)
-        if module.out_proj.bias is not None and module.out_proj.bias.requires_grad:
-            result["out_proj.bias"] = f(od.sum(1)).sum(0)
-    return result
+    return _projection_importance(module, [(d, x)], od, attended, f)
 
 
 # ---------------------------------------------------------------------------------------------
