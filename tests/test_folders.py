@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import shutil
 from pathlib import Path
@@ -354,3 +355,34 @@ def test_preprocessing_fields_are_checked(fields: dict[str, object], message: st
 def test_preprocessing_keeps_lists_as_float_tuples() -> None:
     pre = Preprocessing(12, 8, [0, 0.5, 1], [1, 2, 3])  # type: ignore[arg-type]
     assert pre.mean == (0.0, 0.5, 1.0) and pre.std == (1.0, 2.0, 3.0)
+
+
+def test_the_cub_example_lays_the_release_out_as_a_folder(tmp_path: Path) -> None:
+    release = tmp_path / "CUB_200_2011"
+    rows = [("001.Black_footed_Albatross", 1), ("001.Black_footed_Albatross", 0)]
+    rows += [("002.Laysan_Albatross", 1), ("002.Laysan_Albatross", 1), ("002.Laysan_Albatross", 0)]
+    images, labels, split = [], [], []
+    for image_id, (folder, train) in enumerate(rows, start=1):
+        relative = f"{folder}/{folder.split('.')[1]}_{image_id:04d}.jpg"
+        write_image(release / "images" / relative, "RGB", (20, 16), image_id)
+        images.append(f"{image_id} {relative}")
+        labels.append(f"{image_id} {folder[:3].lstrip('0')}")
+        split.append(f"{image_id} {train}")
+    for name, lines in (
+        ("images", images),
+        ("image_class_labels", labels),
+        ("train_test_split", split),
+    ):
+        (release / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    path = Path(__file__).resolve().parents[1] / "examples" / "cub_to_folders.py"
+    spec = importlib.util.spec_from_file_location("cub_to_folders", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main([str(release), str(tmp_path / "root")]) == 0
+    data = load_image_folder(tmp_path / "root", "birds", PRE)
+    assert data.classes == ("001.Black_footed_Albatross", "002.Laysan_Albatross")
+    assert torch.cat([data.train.labels, data.val.labels]).sort().values.tolist() == [0, 1, 1]
+    assert data.test.labels.tolist() == [0, 1]
+    with pytest.raises(SystemExit, match="already exists"):
+        module.main([str(release), str(tmp_path / "root")])
