@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 import struct
 from pathlib import Path
@@ -172,3 +173,28 @@ def test_write_rejects_types_idx_lacks(tmp_path: Path, dtype: type[np.generic]) 
 def test_write_into_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="cannot write"):
         write_idx(tmp_path / "missing" / "a", np.zeros(3, dtype=np.uint8))
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_written_file_is_readable_by_others_under_umask_022(tmp_path: Path) -> None:
+    umask = os.umask(0o022)
+    try:
+        write_idx(tmp_path / "a.gz", np.zeros(3, dtype=np.uint8))
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "a.gz").stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["a.gz"]  # no temporary file left
+
+
+def test_failed_rename_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "a"
+    write_idx(path, np.zeros(3, dtype=np.uint8))
+
+    def failing_replace(src: object, dst: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(DataError, match=r"cannot write .*disk full"):
+        write_idx(path, np.ones(5, dtype=np.uint8))
+    _assert_identical(read_idx(path), np.zeros(3, dtype=np.uint8))
+    assert [p.name for p in tmp_path.iterdir()] == ["a"]

@@ -26,10 +26,11 @@ from memaware.configs import PRESET_DIR, load_presets, preset_path
 from memaware.data.benchmarks import BENCHMARKS, check_benchmark
 from memaware.data.scenarios import SETTINGS
 from memaware.errors import MemawareError
+from memaware.files import atomic_write_json
 from memaware.methods import METHODS, method_class, option_docs, parse_option
 from memaware.methods.options import PRESET_KEY, show
 from memaware.paper import mnist_demo
-from memaware.reports import atomic_write_json, results_table, write_report
+from memaware.reports import results_table, write_report
 from memaware.reports.markdown import presets_table
 from memaware.training.experiment import (
     ExperimentError,

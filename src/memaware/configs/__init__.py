@@ -46,7 +46,7 @@ def save_preset(
     benchmark: str, scenario: str, method: str, entry: dict[str, Any], directory: Path = PRESET_DIR
 ) -> Path:
     """Write (or replace) one preset entry, keeping the file's other entries; atomic."""
-    from memaware.reports.io import atomic_write_json
+    from memaware.files import atomic_write_json
 
     data = load_presets(benchmark, directory)
     data.setdefault(scenario, {})[method] = entry

@@ -9,9 +9,7 @@ bytes rather than the file name, because renamed or already-decompressed copies 
 from __future__ import annotations
 
 import gzip
-import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from memaware.errors import DataError
+from memaware.files import atomic_write_bytes
 
 __all__ = ["read_idx", "write_idx"]
 
@@ -96,9 +95,10 @@ def read_idx(path: str | Path) -> npt.NDArray[Any]:
 def write_idx(path: str | Path, array: npt.ArrayLike) -> None:
     """Write ``array`` as an IDX file, gzip-compressed when ``path`` ends in ``.gz``.
 
-    The file is written to a temporary file in the same folder and renamed into place, so
-    readers never see a half-written file. Supported dtypes are those IDX defines: uint8,
-    int8, int16, int32, float32 and float64.
+    The file is written to a temporary file in the same folder and renamed into place
+    (:func:`memaware.files.atomic_write_bytes`), so readers never see a half-written file; it
+    gets the permissions the umask gives a new file (0o644 under the usual 022). Supported
+    dtypes are those IDX defines: uint8, int8, int16, int32, float32 and float64.
 
     Raises:
         DataError: the dtype has no IDX type code, a dimension does not fit the header, or
@@ -122,18 +122,6 @@ def write_idx(path: str | Path, array: npt.ArrayLike) -> None:
         payload = gzip.compress(payload, compresslevel=6, mtime=0)
 
     try:
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        atomic_write_bytes(path, payload)
     except OSError as exc:
         raise DataError(f"cannot write {path}: {exc.strerror or exc}; check the folder") from exc
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        # mkstemp creates the file owner-only; an exported data file should be readable.
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
-    except BaseException as exc:
-        # Also on KeyboardInterrupt: never leave the temporary file behind.
-        Path(tmp_name).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise DataError(f"cannot write {path}: {exc.strerror or exc}") from exc
-        raise

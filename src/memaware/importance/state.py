@@ -101,7 +101,7 @@ class Importance(Mapping[str, torch.Tensor]):
     def save(self, path: str | Path) -> None:
         """Write the sums and counts as safetensors with JSON metadata, atomically."""
         from memaware import __version__
-        from memaware.reports.io import atomic_path
+        from memaware.files import atomic_path
 
         tensors = {
             _SUM_PREFIX + name: t.detach().to("cpu").contiguous() for name, t in self.sums.items()

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from memaware.errors import DataError
-from memaware.reports import atomic_write_text, checked_matrix, metric_std
+from memaware.files import atomic_write_text
+from memaware.reports import checked_matrix, metric_std
 from memaware.training.experiment import ExperimentSpec
 from memaware.training.loop import TrainConfig
 

@@ -6,18 +6,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from memaware.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from memaware.reports.comparison import (
     bars_figure,
     plot_bars,
     plot_task_curves,
     png_bytes,
     task_curves_figure,
-)
-from memaware.reports.io import (
-    atomic_path,
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
 )
 from memaware.reports.markdown import (
     accuracy_matrix_table,
@@ -32,10 +27,6 @@ from memaware.reports.plots import plot_results
 
 __all__ = [
     "accuracy_matrix_table",
-    "atomic_path",
-    "atomic_write_bytes",
-    "atomic_write_json",
-    "atomic_write_text",
     "checked_matrix",
     "metric_std",
     "plot_bars",

@@ -30,7 +30,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 
 from memaware.errors import DataError
-from memaware.reports.io import atomic_path
+from memaware.files import atomic_path
 from memaware.reports.markdown import checked_matrix, metric_std, seed_count
 
 __all__ = [

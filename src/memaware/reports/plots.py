@@ -20,7 +20,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from memaware.errors import DataError
-from memaware.reports.io import atomic_path
+from memaware.files import atomic_path
 from memaware.reports.markdown import checked_matrix
 
 _MAX_COLS = 4  # heatmaps per row

@@ -1,8 +1,9 @@
 """Atomic file writes: a reader sees either the old file or the complete new one, never a half.
 
-Every writer goes through `atomic_path`, which hands out a temporary file next to the target and
-renames it over the target (`os.replace`, atomic within one file system) only once the caller's
-block has finished without error. The data is fsynced before the rename so a crash cannot leave
+A low-level module that every room may import (data files, downloads, reports, importance
+state). Every writer goes through `atomic_path`, which hands out a temporary file next to the
+target and renames it over the target (`os.replace`, atomic within one file system) only once
+the caller's block has finished without error. The data is fsynced before the rename so a crash cannot leave
 a renamed but empty file behind.
 """
 
@@ -15,6 +16,14 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+__all__ = [
+    "StrPath",
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+]
 
 StrPath = str | os.PathLike[str]
 
