@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from memaware.data.datasets import TensorData
+from memaware.data.images import ImageDataset
 from memaware.data.scenarios import Scenario, split_scenario
-from memaware.data.sources import ImageDataset
 from memaware.models import MultiHeadClassifier, build_model
 
 
@@ -22,10 +23,8 @@ def small_split_mnist(
     tasks = tuple(
         dataclasses.replace(
             t,
-            train_x=t.train_x[:n_train],
-            train_y=t.train_y[:n_train],
-            test_x=t.test_x[:n_test],
-            test_y=t.test_y[:n_test],
+            train=TensorData(t.train_x[:n_train], t.train_y[:n_train]),
+            test=TensorData(t.test_x[:n_test], t.test_y[:n_test]),
         )
         for t in scenario.tasks[:n_tasks]
     )

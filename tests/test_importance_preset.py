@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 
+from memaware.data.datasets import TensorData
 from memaware.data.scenarios import Task
 from memaware.errors import ConfigError
 from memaware.methods import MAS, MASOptions, make_method, make_options, parse_option
@@ -116,7 +117,7 @@ def test_the_preset_computes_the_authors_omega() -> None:
     model.add_head(0, 2)
     model.add_head(1, 3)
     x = torch.randn(450, 12)
-    task = Task(1, "b", 1, 3, x, torch.zeros(450, dtype=torch.long), x[:5], torch.zeros(5))
+    task = Task.from_tensors(1, "b", 1, 3, x, torch.zeros(450, dtype=torch.long), x[:5], torch.zeros(5))
     model.train()  # the preset measures in eval mode (dropout off) and leaves the mode alone
     omega = MAS(importance_preset="authors").importance(model, task, [task, task])
     assert model.training
@@ -136,7 +137,7 @@ def test_the_preset_computes_the_authors_omega() -> None:
     for name, value in omega.items():
         torch.testing.assert_close(value, expected[name] / len(batches), rtol=1e-5, atol=1e-7)
     # with batches of one size, ≤ the exact per-sample Ω (triangle inequality), not equal to it
-    even = dataclasses.replace(task, train_x=x[:400], train_y=task.train_y[:400])
+    even = dataclasses.replace(task, train=TensorData(x[:400], task.train_y[:400]))
     batched = MAS(importance_preset="authors").importance(model, even, [even])
     exact = MAS(heads="current").importance(model, even, [even])
     assert all(bool((exact[n] >= batched[n] - 1e-6).all()) for n in batched)

@@ -6,8 +6,9 @@ import dataclasses
 
 import torch
 
+from memaware.data.datasets import TensorData
+from memaware.data.images import ImageDataset
 from memaware.data.scenarios import Task, split_scenario
-from memaware.data.sources import ImageDataset
 from memaware.importance import batches, mas
 from memaware.methods import MAS, MASOptions
 from memaware.models import build_model
@@ -16,7 +17,7 @@ from memaware.models import build_model
 def _small_tasks(mnist: ImageDataset, n: int = 300) -> list[Task]:
     scenario = split_scenario(mnist, "task")
     return [
-        dataclasses.replace(t, train_x=t.train_x[:n], train_y=t.train_y[:n])
+        dataclasses.replace(t, train=TensorData(t.train_x[:n], t.train_y[:n]))
         for t in scenario.tasks[:3]
     ]
 

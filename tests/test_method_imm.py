@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers import small_mlp, small_split_mnist
+from memaware.data.images import ImageDataset
 from memaware.data.scenarios import Scenario, Task
-from memaware.data.sources import ImageDataset
 from memaware.errors import ConfigError
 from memaware.methods.finetune import Finetune
 from memaware.methods.imm import MeanIMM, ModeIMM, load_values, mean_imm, mode_imm
@@ -27,7 +27,7 @@ def _task(index: int, head: int, seed: int = 0) -> Task:
     g = torch.Generator().manual_seed(seed + index)
     x = torch.randn(16, 3, generator=g)
     y = torch.randint(0, 2, (16,), generator=g)
-    return Task(index, f"t{index}", head, 2, x, y, x, y)
+    return Task.from_tensors(index, f"t{index}", head, 2, x, y, x, y)
 
 
 def _tiny() -> MultiHeadClassifier:

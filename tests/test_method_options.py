@@ -181,7 +181,7 @@ def _task(index: int, head: int, n: int = 64) -> Task:
     g = torch.Generator().manual_seed(50 + index)
     x = torch.randn(n, IN, generator=g)
     y = (x @ torch.randn(IN, 3, generator=g)).argmax(-1)
-    return Task(index, f"t{index}", head, 3, x, y, x[:8], y[:8])
+    return Task.from_tensors(index, f"t{index}", head, 3, x, y, x[:8], y[:8])
 
 
 def _model() -> MultiHeadClassifier:

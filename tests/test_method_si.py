@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from helpers import small_mlp, small_split_mnist
+from memaware.data.images import ImageDataset
 from memaware.data.scenarios import Task
-from memaware.data.sources import ImageDataset
 from memaware.errors import ConfigError
 from memaware.methods.base import Batch
 from memaware.methods.finetune import Finetune
@@ -24,7 +24,7 @@ def _task(index: int, n: int = 24, seed: int = 0) -> Task:
     generator = torch.Generator().manual_seed(seed + index)
     x = torch.randn(n, 5, generator=generator)
     y = (x[:, index % 5] > 0).long()
-    return Task(
+    return Task.from_tensors(
         index, f"t{index}", head=index, n_classes=2, train_x=x, train_y=y, test_x=x, test_y=y
     )
 

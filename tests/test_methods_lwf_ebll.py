@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from helpers import small_mlp, small_split_mnist
+from memaware.data.images import ImageDataset
 from memaware.data.scenarios import Scenario, Task
-from memaware.data.sources import ImageDataset
 from memaware.errors import ConfigError
 from memaware.methods.base import Batch
 from memaware.methods.ebll import EBLL, Autoencoder, code_loss, train_autoencoder
@@ -29,7 +29,7 @@ def _task(index: int, head: int, n_classes: int = 3, n: int = 96) -> Task:
     x = torch.randn(n, IN, generator=generator)
     rule = torch.randn(IN, n_classes, generator=generator)
     y = (x @ rule).argmax(-1)
-    return Task(index, f"t{index}", head, n_classes, x, y, x[:16], y[:16])
+    return Task.from_tensors(index, f"t{index}", head, n_classes, x, y, x[:16], y[:16])
 
 
 def _model(heads: dict[int, int]) -> MultiHeadClassifier:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +15,13 @@ import memaware.methods.mas as mas_method
 import memaware.training.experiment as experiment
 from memaware.cli.main import main
 from memaware.data.benchmarks import make_scenario
+from memaware.data.datasets import TensorData
+from memaware.data.images import ImageDataset
 from memaware.data.scenarios import Scenario, split_scenario
-from memaware.data.sources import ImageDataset
 from memaware.errors import DataError
 from memaware.methods import Method
 from memaware.paper import mnist_demo
-from memaware.training.loop import TrainConfig
+from memaware.training.config import TrainConfig
 
 ORDER = ["1/2", "3/4", "5/6", "7/8", "9/0"]
 
@@ -70,10 +71,8 @@ def _small(real: Callable[..., Scenario]) -> Callable[..., Scenario]:
         tasks = tuple(
             dataclasses.replace(
                 t,
-                train_x=t.train_x[:300],
-                train_y=t.train_y[:300],
-                test_x=t.test_x[:200],
-                test_y=t.test_y[:200],
+                train=TensorData(t.train_x[:300], t.train_y[:300]),
+                test=TensorData(t.test_x[:200], t.test_y[:200]),
             )
             for t in scenario.tasks
         )
@@ -99,10 +98,11 @@ def test_a_cut_down_demo_runs_the_protocol(
     omega_calls: list[tuple[dict[str, Any], list[int], set[str]]] = []
     real_mas = mas_method.mas
 
-    def mas(model: Any, data: list[torch.Tensor], **kwargs: Any) -> Any:
-        result = real_mas(model, data, **kwargs)
+    def mas(model: Any, data: Iterable[tuple[torch.Tensor, ...]], **kwargs: Any) -> Any:
+        batches = list(data)
+        result = real_mas(model, batches, **kwargs)
         heads = {name.split(".")[1] for name in result if name.startswith("heads.")}
-        omega_calls.append((kwargs, [len(x) for x in data], heads))
+        omega_calls.append((kwargs, [len(x) for x, *_ in batches], heads))
         return result
 
     monkeypatch.setattr(mas_method, "mas", mas)

@@ -14,8 +14,8 @@ import torch
 
 from helpers import small_mlp, small_split_mnist
 from memaware.cli import main as cli
+from memaware.data.images import ImageDataset
 from memaware.data.scenarios import Task
-from memaware.data.sources import ImageDataset
 from memaware.errors import ConfigError
 from memaware.methods import MAS, Finetune, make_method
 from memaware.methods.base import Batch
@@ -190,7 +190,9 @@ def test_default_optimizer_is_adam_at_lr() -> None:
 
 
 def test_learning_rate_schedule() -> None:
-    config = TrainConfig(lr=1e-3, lr_decay_epochs=2, first_task_lr=1e-2, first_task_epochs=3)
+    config = TrainConfig(
+        lr=1e-3, lr_schedule="step", lr_decay_epochs=2, first_task_lr=1e-2, first_task_epochs=3
+    )
     assert [config.learning_rate(0, e) for e in range(3)] == pytest.approx([1e-2, 1e-2, 1e-3])
     assert [config.learning_rate(1, e) for e in range(5)] == pytest.approx(
         [1e-3, 1e-3, 1e-4, 1e-4, 1e-5]
@@ -210,7 +212,9 @@ def _one_task_setup(
 
 
 def test_step_decay_changes_the_learning_rate_at_the_right_epoch(mnist: ImageDataset) -> None:
-    config = TrainConfig(epochs=5, lr=0.1, lr_decay_epochs=2, lr_decay_factor=0.5, optimizer="sgd")
+    config = TrainConfig(
+        epochs=5, lr=0.1, lr_schedule="step", lr_decay_epochs=2, lr_decay_factor=0.5, optimizer="sgd"
+    )
     model, task, optimizer = _one_task_setup(mnist, config)
     seen: list[float] = []  # the rate each epoch ran at, read when the epoch ends
     train_task(
@@ -323,7 +327,15 @@ class _TrainingSizes(Finetune):
         ({"epochs": 2.5}, "epochs"),
         ({"batch_size": True}, "batch_size"),
         ({"first_task_epochs": 0}, "first_task_epochs"),
-        ({"lr_decay_epochs": 0}, "lr_decay_epochs"),
+        ({"lr_schedule": "step", "lr_decay_epochs": 0}, "lr_decay_epochs"),
+        ({"lr_decay_epochs": 3}, "lr_decay_epochs is the period of lr_schedule='step'"),
+        ({"lr_schedule": "step"}, "give both or neither"),
+        ({"lr_schedule": "linear"}, "unknown lr_schedule 'linear'"),
+        ({"device": "tpu"}, "unknown device 'tpu'"),
+        ({"amp": "fp8"}, "unknown amp 'fp8'"),
+        ({"grad_clip": 0.0}, "grad_clip"),
+        ({"grad_clip": float("nan")}, "grad_clip"),
+        ({"workers": -1}, "workers"),
         ({"lr_decay_factor": 0.0}, "lr_decay_factor"),
         ({"lr_decay_factor": 2.0}, "lr_decay_factor"),
         ({"optimizer": "rmsprop"}, "unknown optimizer 'rmsprop'"),
@@ -352,7 +364,8 @@ def test_cli_flags_reach_the_training_config(
     monkeypatch.setattr(cli, "run_experiment", stop)
     flags = "--optimizer sgd --momentum 0.9 --weight-decay 1e-5 --lr 0.001 --lr-decay-epochs 7"
     flags += " --first-task-lr 0.01 --first-task-epochs 10 --epochs 20 --batch-size 150"
-    flags += " --select-best-epoch --validation 0.2 --no-progress"
+    flags += " --select-best-epoch --validation 0.2 --no-progress --grad-clip 5 --amp bf16"
+    flags += " --workers 2 --device auto"
     assert cli.main(["run", *flags.split(), "--out", str(tmp_path)]) == 2
     assert seen == [
         TrainConfig(
@@ -362,11 +375,16 @@ def test_cli_flags_reach_the_training_config(
             optimizer="sgd",
             momentum=0.9,
             weight_decay=1e-5,
+            lr_schedule="step",
             lr_decay_epochs=7,
             first_task_lr=0.01,
             first_task_epochs=10,
             select_best_epoch=True,
             validation_fraction=0.2,
+            grad_clip=5.0,
+            amp="bf16",
+            workers=2,
+            device="auto",
         )
     ]
 

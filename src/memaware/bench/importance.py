@@ -78,7 +78,7 @@ def transformer_inputs() -> torch.Tensor:
 
 def mlp_inputs() -> torch.Tensor:
     """2048 real MNIST training images, flattened to [0, 1] rows."""
-    from memaware.data.sources import load_mnist
+    from memaware.data.mnist import load_mnist
 
     return load_mnist().train_x[:MLP_SAMPLES].reshape(MLP_SAMPLES, -1).float() / 255.0
 
@@ -138,7 +138,7 @@ def penalty_overhead(x: torch.Tensor, repeats: int) -> dict[str, float]:
     model = build_model("mlp", (784,), (400, 400))
     model.add_head(0, 10)
     y = torch.randint(0, 10, (len(x),), generator=torch.Generator().manual_seed(0))
-    task = Task(0, "bench", head=0, n_classes=10, train_x=x, train_y=y, test_x=x, test_y=y)
+    task = Task.from_tensors(0, "bench", 0, 10, x, y, x, y)
     mas_method, finetune = MAS(strength=1.0), Finetune()
     mas_method.after_task(model, task, [task])
     assert mas_method.penalty is not None

@@ -32,6 +32,7 @@ from memaware.methods.options import PRESET_KEY, show
 from memaware.paper import mnist_demo
 from memaware.reports import results_table, write_report
 from memaware.reports.markdown import presets_table
+from memaware.training.config import OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
 from memaware.training.experiment import (
     ExperimentError,
     ExperimentSpec,
@@ -39,7 +40,6 @@ from memaware.training.experiment import (
     prepare_out_dir,
     run_experiment,
 )
-from memaware.training.loop import OPTIMIZERS, TrainConfig
 from memaware.training.sweep import check_sweep, sweep_strength, write_sweep
 
 
@@ -117,17 +117,45 @@ def _add_experiment_options(parser: argparse.ArgumentParser, methods: list[str])
         help="L2 weight decay of the stepped parameters (default 0)",
     )
     add(
+        "--lr-schedule",
+        choices=SCHEDULES,
+        default=None,
+        help="learning rate over a task's epochs: constant (default), step (times "
+        "--lr-decay-factor every --lr-decay-epochs, as the MAS authors' code; the default when "
+        "--lr-decay-epochs is given) or cosine (lr·½(1 + cos(π·epoch/epochs)))",
+    )
+    add(
         "--lr-decay-epochs",
         type=int,
         default=None,
         metavar="N",
-        help="multiply the learning rate by --lr-decay-factor every N epochs of a task (default off)",
+        help="period of the step schedule: multiply the learning rate by --lr-decay-factor "
+        "every N epochs of a task",
     )
     add(
         "--lr-decay-factor",
         type=float,
         default=0.1,
         help="factor of --lr-decay-epochs (default 0.1)",
+    )
+    add("--grad-clip", type=float, default=None, help="clip the gradient norm to this (default off)")
+    add(
+        "--device",
+        default="cpu",
+        help="auto (CUDA, else MPS, else CPU), cpu (default), cuda, cuda:N or mps",
+    )
+    add(
+        "--amp",
+        choices=PRECISIONS,
+        default="none",
+        help="mixed-precision training: bf16 or fp16 autocast (fp16 with loss scaling); "
+        "default none",
+    )
+    add(
+        "--workers",
+        type=int,
+        default=0,
+        help="DataLoader worker processes for datasets read from disk (default 0)",
     )
     add(
         "--first-task-lr",
@@ -281,8 +309,14 @@ def _experiment(args: argparse.Namespace, seeds: Sequence[int], command: str) ->
             optimizer=args.optimizer,
             momentum=args.momentum,
             weight_decay=args.weight_decay,
+            lr_schedule=args.lr_schedule
+            or ("step" if args.lr_decay_epochs is not None else "constant"),
             lr_decay_epochs=args.lr_decay_epochs,
             lr_decay_factor=args.lr_decay_factor,
+            grad_clip=args.grad_clip,
+            device=args.device,
+            amp=args.amp,
+            workers=args.workers,
             first_task_lr=args.first_task_lr,
             first_task_epochs=args.first_task_epochs,
             select_best_epoch=args.select_best_epoch,

@@ -10,13 +10,15 @@ counts never load an input). Two kinds exist:
 * anything else (e.g. image files on disk, :class:`Selection` of them): batches come from a
   ``torch.utils.data.DataLoader`` with workers, pinned memory and persistent workers as
   :class:`LoaderOptions` says, shuffled by a seeded generator so that runs repeat.
+
+:class:`Batches` is the one way batches are drawn from either kind.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
@@ -24,14 +26,15 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from memaware.errors import ConfigError
 
 __all__ = [
+    "IN_PROCESS",
+    "Batches",
     "LabelledData",
     "LoaderOptions",
     "Selection",
     "TensorData",
-    "WithHead",
     "batches",
-    "batches_with_heads",
     "concat",
+    "for_evaluation",
     "relabelled",
     "select",
 ]
@@ -109,26 +112,23 @@ def select(
     return Selection(data, indices, labels)
 
 
+def for_evaluation(data: LabelledData) -> LabelledData:
+    """``data`` as evaluation and importance must see it: without training augmentation.
+
+    A dataset that augments its training inputs offers ``unaugmented()``; a :class:`Selection`
+    of one selects the same rows of its unaugmented base.
+    """
+    if isinstance(data, Selection):
+        return Selection(for_evaluation(data.base), data.indices, data.labels)
+    unaugmented = getattr(data, "unaugmented", None)
+    return unaugmented() if callable(unaugmented) else data
+
+
 def relabelled(data: LabelledData, labels: torch.Tensor) -> LabelledData:
     """All rows of ``data``, answered with ``labels``."""
     if isinstance(data, TensorData):
         return TensorData(data.x, labels)
     return Selection(data, torch.arange(len(data)), labels)
-
-
-class WithHead(Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
-    """``(input, label, head)`` triples: ``data`` answered by head ``head`` (joint training)."""
-
-    def __init__(self, data: LabelledData, head: int) -> None:
-        self.data = data
-        self.head = head
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        x, y = self.data[index]
-        return x, y, self.head
 
 
 def concat(parts: Sequence[LabelledData]) -> LabelledData:
@@ -169,6 +169,94 @@ class LoaderOptions:
             raise ConfigError(f"workers must be an integer >= 0, got {self.workers!r}")
 
 
+#: in-process loading, PyTorch's defaults otherwise
+IN_PROCESS = LoaderOptions()
+
+
+class Batches:
+    """Re-iterable batches of tensors on ``device``: each ``iter()`` is one pass (one epoch).
+
+    ``parts`` are datasets of equal length whose items are concatenated field-wise: one
+    labelled dataset gives ``(x, y)``; ``(data, heads)`` with a ``heads`` tensor gives
+    ``(x, y, heads)``. When every part is in memory (:class:`TensorData`, or a tensor of
+    heads), a pass is ``torch.randperm(N, generator)`` (shuffled) or the rows in order, split
+    into index slices; otherwise a ``DataLoader`` built once (so that persistent workers live
+    across epochs) whose shuffling and workers' seeds derive from ``generator``.
+    """
+
+    def __init__(
+        self,
+        data: LabelledData,
+        batch_size: int,
+        *,
+        heads: torch.Tensor | None = None,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        loader: LoaderOptions = IN_PROCESS,
+    ) -> None:
+        if shuffle and generator is None:
+            raise ConfigError("shuffled batches need a seeded generator")
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.generator = generator
+        self._tensors: tuple[torch.Tensor, ...] | None = None
+        self._loader: DataLoader[Any] | None = None
+        if isinstance(data, TensorData):
+            moved = data.to(device) if device is not None else data
+            self._tensors = (moved.x, moved.y)
+            if heads is not None:
+                self._tensors += (heads.to(moved.x.device),)
+            return
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        source: Dataset[Any] = data if heads is None else _WithHeads(data, heads)  # type: ignore[assignment]
+        seed_source = None
+        if generator is not None:
+            # The loader's own generator, seeded from the caller's: shuffling and the workers'
+            # seeds repeat with the run's seed, whatever device the caller's generator is on.
+            seed = int(torch.randint(2**62, (), generator=generator, device=generator.device))
+            seed_source = torch.Generator().manual_seed(seed)
+        self._loader = DataLoader(
+            source,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=seed_source,
+            num_workers=loader.workers,
+            pin_memory=loader.pin_memory and self.device.type != "cpu",
+            persistent_workers=loader.persistent_workers and loader.workers > 0,
+        )
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        if self._tensors is not None:
+            first = self._tensors[0]
+            if self.shuffle:
+                assert self.generator is not None
+                order = torch.randperm(len(first), generator=self.generator).to(first.device)
+                for index in torch.split(order, self.batch_size):
+                    yield tuple(t[index] for t in self._tensors)
+            else:
+                yield from zip(*(torch.split(t, self.batch_size) for t in self._tensors), strict=True)
+            return
+        assert self._loader is not None
+        for batch in self._loader:
+            yield tuple(item.to(self.device, non_blocking=True) for item in batch)
+
+
+class _WithHeads(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
+    """``(input, label, head)`` triples of ``data`` with one head id per row."""
+
+    def __init__(self, data: LabelledData, heads: torch.Tensor) -> None:
+        self.data = data
+        self.heads = heads.cpu()
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, y = self.data[index]
+        return x, y, self.heads[index]
+
+
 def batches(
     data: LabelledData,
     batch_size: int,
@@ -176,79 +264,10 @@ def batches(
     shuffle: bool = False,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
-    loader: LoaderOptions = LoaderOptions(),
+    loader: LoaderOptions = IN_PROCESS,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """``(x, y)`` batches of ``data`` on ``device`` (default: where the data are).
-
-    :class:`TensorData`: slices of ``torch.randperm(len, generator)`` (shuffled) or of the rows
-    in order, indexing the whole tensors. Other datasets: a ``DataLoader`` whose shuffling and
-    workers' seeds come from ``generator``, copied to ``device`` without blocking.
-    """
-    if shuffle and generator is None:
-        raise ConfigError("shuffled batches need a seeded generator")
-    if isinstance(data, TensorData):
-        if device is not None:
-            data = data.to(device)
-        if shuffle:
-            assert generator is not None
-            order = torch.randperm(len(data), generator=generator).to(data.x.device)
-            for index in torch.split(order, batch_size):
-                yield data.x[index], data.y[index]
-        else:
-            yield from zip(
-                torch.split(data.x, batch_size), torch.split(data.y, batch_size), strict=True
-            )
-        return
-    for x, y in _loader(data, batch_size, shuffle, generator, device, loader):
-        yield x, y
-
-
-def _loader(
-    data: Dataset[tuple[torch.Tensor, ...]] | LabelledData,
-    batch_size: int,
-    shuffle: bool,
-    generator: torch.Generator | None,
-    device: torch.device | str | None,
-    loader: LoaderOptions,
-) -> Iterator[list[torch.Tensor]]:
-    target = torch.device(device) if device is not None else torch.device("cpu")
-    seed_source = None
-    if generator is not None:
-        # A generator of the loader's own, seeded from the caller's: shuffling and the workers'
-        # seeds repeat with the run's seed, whatever device the caller's generator lives on.
-        seed = int(torch.randint(2**62, (), generator=generator, device=generator.device))
-        seed_source = torch.Generator().manual_seed(seed)
-    for batch in DataLoader(
-        data,  # type: ignore[arg-type]
-        batch_size=batch_size,
-        shuffle=shuffle,
-        generator=seed_source,
-        num_workers=loader.workers,
-        pin_memory=loader.pin_memory and target.type != "cpu",
-        persistent_workers=loader.persistent_workers and loader.workers > 0,
-    ):
-        yield [item.to(target, non_blocking=True) for item in batch]
-
-
-def batches_with_heads(
-    data: Sequence[tuple[LabelledData, int]],
-    batch_size: int,
-    *,
-    generator: torch.Generator,
-    device: torch.device | str | None = None,
-    loader: LoaderOptions = LoaderOptions(),
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Shuffled ``(x, y, heads)`` batches over several datasets, each answered by its own head."""
-    if all(isinstance(d, TensorData) for d, _ in data):
-        merged = concat([d for d, _ in data])
-        assert isinstance(merged, TensorData)
-        if device is not None:
-            merged = merged.to(device)
-        heads = torch.cat([torch.full((len(d),), h, device=merged.x.device) for d, h in data])
-        order = torch.randperm(len(merged), generator=generator).to(merged.x.device)
-        for index in torch.split(order, batch_size):
-            yield merged.x[index], merged.y[index], heads[index]
-        return
-    parts = ConcatDataset([WithHead(d, h) for d, h in data])
-    for x, y, heads in _loader(parts, batch_size, True, generator, device, loader):
-        yield x, y, heads
+    """One pass of ``(x, y)`` batches of ``data`` on ``device`` (see :class:`Batches`)."""
+    passes = Batches(
+        data, batch_size, shuffle=shuffle, generator=generator, device=device, loader=loader
+    )
+    yield from ((fields[0], fields[1]) for fields in passes)

@@ -18,7 +18,9 @@ from typing import Literal
 
 import torch
 
-from memaware.data.sources import ImageDataset, stratified_split
+from memaware.data.datasets import LabelledData, TensorData, for_evaluation, select
+from memaware.data.images import ImageDataset
+from memaware.data.splits import stratified_split
 from memaware.errors import ConfigError
 
 Setting = Literal["task", "domain", "class"]
@@ -28,16 +30,77 @@ SPLIT_CLASS_ORDER: tuple[tuple[int, ...], ...] = ((0, 1), (2, 3), (4, 5), (6, 7)
 
 @dataclass(frozen=True)
 class Task:
-    """One task of a stream: its data, the head it is answered by and that head's label space."""
+    """One task of a stream: its data, the head it is answered by and that head's label space.
+
+    ``train`` and ``test`` (and ``val``, a validation split of the task's own, e.g. an image
+    folder's ``val/``; ``None`` when it has none) are :class:`~memaware.data.datasets.LabelledData`:
+    whole tensors in memory (:class:`~memaware.data.datasets.TensorData`) or any labelled
+    ``Dataset``, read through :func:`~memaware.data.datasets.batches`.
+    """
 
     index: int
     name: str
     head: int
     n_classes: int
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
+    train: LabelledData
+    test: LabelledData
+    val: LabelledData | None = None
+
+    @classmethod
+    def from_tensors(
+        cls,
+        index: int,
+        name: str,
+        head: int,
+        n_classes: int,
+        train_x: torch.Tensor,
+        train_y: torch.Tensor,
+        test_x: torch.Tensor,
+        test_y: torch.Tensor,
+    ) -> Task:
+        """A task whose training and test data are whole tensors."""
+        return cls(
+            index, name, head, n_classes, TensorData(train_x, train_y), TensorData(test_x, test_y)
+        )
+
+    def _tensors(self, split: str) -> TensorData:
+        data = getattr(self, split)
+        if not isinstance(data, TensorData):
+            raise ConfigError(
+                f"task {self.name}'s {split} data are a {type(data).__name__}, not tensors in "
+                "memory; read them with memaware.data.datasets.batches"
+            )
+        return data
+
+    @property
+    def train_x(self) -> torch.Tensor:
+        """The training inputs, for data held in memory (ConfigError otherwise)."""
+        return self._tensors("train").x
+
+    @property
+    def train_y(self) -> torch.Tensor:
+        """The training labels, for data held in memory (ConfigError otherwise)."""
+        return self._tensors("train").y
+
+    @property
+    def test_x(self) -> torch.Tensor:
+        """The test inputs, for data held in memory (ConfigError otherwise)."""
+        return self._tensors("test").x
+
+    @property
+    def test_y(self) -> torch.Tensor:
+        """The test labels, for data held in memory (ConfigError otherwise)."""
+        return self._tensors("test").y
+
+    def to(self, device: torch.device | str) -> Task:
+        """The same task with its in-memory data on ``device`` (other datasets are read there)."""
+
+        def moved(data: LabelledData | None) -> LabelledData | None:
+            return data.to(device) if isinstance(data, TensorData) else data
+
+        train, test = moved(self.train), moved(self.test)
+        assert train is not None and test is not None
+        return replace(self, train=train, test=test, val=moved(self.val))
 
 
 @dataclass(frozen=True)
@@ -50,7 +113,15 @@ class Scenario:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.tasks[0].train_x.shape[1:])
+        """The shape of one input (without the batch dimension)."""
+        train = self.tasks[0].train
+        if isinstance(train, TensorData):
+            return tuple(train.x.shape[1:])
+        return tuple(train[0][0].shape)
+
+    def to(self, device: torch.device | str) -> Scenario:
+        """The same stream with its in-memory data on ``device``."""
+        return replace(self, tasks=tuple(task.to(device) for task in self.tasks))
 
     @property
     def task_names(self) -> list[str]:
@@ -94,7 +165,7 @@ def split_scenario(
         if checked != "class":
             train_y, test_y = local[train_y], local[test_y]
         tasks.append(
-            Task(
+            Task.from_tensors(
                 index=index,
                 name="/".join(str(c) for c in group),
                 head=index if checked == "task" else 0,
@@ -129,7 +200,7 @@ def permuted_scenario(
         )
         offset = index * dataset.n_classes if checked == "class" else 0
         tasks.append(
-            Task(
+            Task.from_tensors(
                 index=index,
                 name=f"perm{index}",
                 head=index if checked == "task" else 0,
@@ -152,31 +223,49 @@ def standardised(scenario: Scenario, mean: float, std: float) -> Scenario:
     if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
         raise ConfigError(f"standardising needs a finite mean and std > 0, got {mean}, {std}")
     tasks = tuple(
-        replace(task, train_x=(task.train_x - mean) / std, test_x=(task.test_x - mean) / std)
+        replace(
+            task,
+            train=TensorData((task.train_x - mean) / std, task.train_y),
+            test=TensorData((task.test_x - mean) / std, task.test_y),
+        )
         for task in scenario.tasks
     )
     return replace(scenario, tasks=tasks)
 
 
-def with_validation(scenario: Scenario, fraction: float = 0.1, seed: int = 0) -> Scenario:
-    """The same stream with each task's test set replaced by ``fraction`` of its training data.
+def validation_split(
+    task: Task, fraction: float, generator: torch.Generator
+) -> tuple[Task, Task]:
+    """(training, validation) views of ``task``.
 
-    The held-out part is stratified by label and seeded; the rest stays the training set. Tuning on
-    this scenario never looks at the real test set.
+    The validation view's *test* data are the task's own ``val`` split when it has one, else
+    ``fraction`` of its training data, held out stratified by label with ``generator``; the
+    training view keeps the task's test data and trains on the rest.
     """
+    if task.val is not None:
+        return task, replace(task, test=task.val, val=None)
+    train, held_out = stratified_split(task.train.labels.cpu(), fraction, generator)
+    training = replace(task, train=select(task.train, train))
+    return training, replace(training, test=select(for_evaluation(task.train), held_out))
+
+
+def with_validation(scenario: Scenario, fraction: float = 0.1, seed: int = 0) -> Scenario:
+    """The same stream with each task's test set replaced by its validation data.
+
+    That is the task's own ``val`` split, or else ``fraction`` of its training data (stratified
+    by label, seeded; see :func:`validation_split`), the rest staying the training set. Tuning
+    on this scenario never looks at the real test set.
+    """
+    return replace(
+        scenario,
+        name=f"{scenario.name}-validation",
+        tasks=tuple(t[1] for t in validation_splits(scenario, fraction, seed)),
+    )
+
+
+def validation_splits(scenario: Scenario, fraction: float, seed: int) -> list[tuple[Task, Task]]:
+    """:func:`validation_split` of every task in order, the held-out parts drawn from one ``seed``."""
     if not 0 < fraction < 1:
         raise ConfigError(f"the validation fraction must be in (0, 1), got {fraction}")
     generator = torch.Generator().manual_seed(seed)
-    tasks = []
-    for task in scenario.tasks:
-        train, held_out = stratified_split(task.train_y, fraction, generator)
-        tasks.append(
-            replace(
-                task,
-                train_x=task.train_x[train],
-                train_y=task.train_y[train],
-                test_x=task.train_x[held_out],
-                test_y=task.train_y[held_out],
-            )
-        )
-    return replace(scenario, name=f"{scenario.name}-validation", tasks=tuple(tasks))
+    return [validation_split(task, fraction, generator) for task in scenario.tasks]

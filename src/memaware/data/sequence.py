@@ -25,8 +25,8 @@ from collections.abc import Sequence
 
 import torch
 
+from memaware.data.images import ImageDataset
 from memaware.data.scenarios import Scenario, Task, _check_setting, _pixels
-from memaware.data.sources import ImageDataset
 from memaware.errors import ConfigError
 
 __all__ = ["dataset_sequence"]
@@ -84,7 +84,7 @@ def dataset_sequence(
     for index, ds in enumerate(datasets):
         shift = offset if checked == "class" else 0
         tasks.append(
-            Task(
+            Task.from_tensors(
                 index=index,
                 name=ds.name,
                 head=index if checked == "task" else 0,

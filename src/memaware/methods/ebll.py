@@ -189,8 +189,8 @@ class EBLL(LwF):
     def after_task(self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]) -> None:
         self.autoencoders.append(
             train_autoencoder(
-                backbone_features(model, task.train_x),
-                task.train_y,
+                backbone_features(model, task.train),
+                task.train.labels.to(model.device),
                 model.heads[str(task.head)],
                 self.opts.code_size,
                 self.opts.ae_epochs,

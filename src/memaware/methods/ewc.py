@@ -34,6 +34,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
+from memaware.data.datasets import batches, for_evaluation
 from memaware.data.scenarios import SETTINGS, Setting, Task
 from memaware.importance import fisher
 from memaware.methods.base import Penalised, task_seed
@@ -73,18 +74,11 @@ def task_fisher(
     With ``labels="true"`` the sampled labels come from a generator seeded by ``seed`` and the
     task's index, on the model's device, so the same run gives the same Fisher.
     """
-    device = next(model.parameters()).device
+    device = model.device
     generator = torch.Generator(device=device).manual_seed(task_seed(seed, task))
-    data = list(
-        zip(
-            torch.split(task.train_x, batch_size),
-            torch.split(task.train_y, batch_size),
-            strict=True,
-        )
-    )
     estimate = fisher(
         model,
-        data,
+        batches(for_evaluation(task.train), batch_size, device=device),
         labels=labels,
         outputs=heads_output([task.head]),
         max_samples=max_samples,

@@ -27,8 +27,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from memaware.data.datasets import batches, for_evaluation
 from memaware.data.scenarios import SETTINGS, Setting, Task
-from memaware.importance import batches, local_mas
+from memaware.importance import local_mas
 from memaware.methods.regulariser import AccumulatedOptions, QuadraticRegulariser
 from memaware.models.multihead import MultiHeadClassifier
 
@@ -69,7 +70,9 @@ class LocalMAS(QuadraticRegulariser):
     ) -> Mapping[str, torch.Tensor]:
         omega = local_mas(
             _HeadView(model, task.head),
-            batches(task.train_x, self.opts.importance_batch_size),
+            batches(
+                for_evaluation(task.train), self.opts.importance_batch_size, device=model.device
+            ),
             max_samples=self.opts.max_samples,
         )
         return {name.removeprefix(_PREFIX): value for name, value in omega.items()}

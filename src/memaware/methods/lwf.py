@@ -59,6 +59,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from memaware.data.datasets import LabelledData, batches, for_evaluation
 from memaware.data.scenarios import SETTINGS, Setting, Task
 from memaware.methods.base import Batch, Method, task_seed
 from memaware.methods.options import MethodOptions, StrengthOptions
@@ -78,12 +79,20 @@ def distillation_loss(
 
 
 @torch.no_grad()
-def backbone_features(model: MultiHeadClassifier, x: torch.Tensor) -> torch.Tensor:
-    """f(x) for a whole set of inputs, in eval mode and chunks, without gradient."""
+def backbone_features(
+    model: MultiHeadClassifier, data: torch.Tensor | LabelledData
+) -> torch.Tensor:
+    """f(x) for a whole set of inputs (a tensor, or a dataset's unaugmented inputs), in eval mode
+    and chunks, without gradient, on the model's device."""
+    chunks = (
+        torch.split(data, FEATURE_CHUNK)
+        if isinstance(data, torch.Tensor)
+        else (x for x, _ in batches(for_evaluation(data), FEATURE_CHUNK, device=model.device))
+    )
     was_training = model.training
     model.eval()
     try:
-        return torch.cat([model.backbone(chunk) for chunk in torch.split(x, FEATURE_CHUNK)])
+        return torch.cat([model.backbone(chunk) for chunk in chunks])
     finally:
         model.train(was_training)
 
@@ -154,8 +163,8 @@ class LwF(Method):
     def warm_up(self, model: MultiHeadClassifier, task: Task) -> None:
         """Train head ``task.head`` alone on fixed features f(x) of the task's training data."""
         head = model.heads[str(task.head)]
-        features = backbone_features(model, task.train_x)
-        labels = task.train_y
+        features = backbone_features(model, task.train)
+        labels = task.train.labels.to(features.device)
         optimizer = torch.optim.Adam(head.parameters(), lr=self.opts.warmup_lr)
         generator = torch.Generator().manual_seed(task_seed(self.seed, task))
         was_training = head.training

@@ -28,8 +28,9 @@ from typing import ClassVar, Literal
 
 import torch
 
+from memaware.data.datasets import LabelledData, batches, concat, for_evaluation
 from memaware.data.scenarios import Task
-from memaware.importance import batches, mas
+from memaware.importance import mas
 from memaware.importance.mas import Granularity, Norm
 from memaware.methods.regulariser import AccumulatedOptions, QuadraticRegulariser
 from memaware.models.multihead import MultiHeadClassifier, heads_output
@@ -96,14 +97,14 @@ class MAS(QuadraticRegulariser):
     Options = MASOptions
     opts: MASOptions
 
-    def importance_inputs(self, task: Task) -> torch.Tensor:
-        """The unlabelled inputs Ω is computed on."""
+    def importance_data(self, task: Task) -> LabelledData:
+        """The data whose (unlabelled, unaugmented) inputs Ω is computed on."""
         parts = {
-            "train": [task.train_x],
-            "test": [task.test_x],
-            "train+test": [task.train_x, task.test_x],
+            "train": [task.train],
+            "test": [task.test],
+            "train+test": [task.train, task.test],
         }
-        return torch.cat(parts[self.opts.importance_data])
+        return concat([for_evaluation(d) for d in parts[self.opts.importance_data]])
 
     def importance(
         self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]
@@ -115,7 +116,9 @@ class MAS(QuadraticRegulariser):
         )
         return mas(
             model,
-            batches(self.importance_inputs(task), self.opts.importance_batch_size),
+            batches(
+                self.importance_data(task), self.opts.importance_batch_size, device=model.device
+            ),
             granularity=self.opts.granularity,
             norm=self.opts.norm,
             outputs=heads_output(heads),

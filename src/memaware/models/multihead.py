@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from memaware.errors import ConfigError
-from memaware.models.backbones import MLP
 
 
 class MultiHeadClassifier(nn.Module):
@@ -47,6 +46,12 @@ class MultiHeadClassifier(nn.Module):
         self.heads[key] = linear
 
     @property
+    def device(self) -> torch.device:
+        """Where the model's parameters are (the CPU for a model without any)."""
+        param = next(self.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
+
+    @property
     def head_ids(self) -> list[int]:
         """Ids of the heads created so far, in creation order."""
         return [int(k) for k in self.heads]
@@ -78,16 +83,3 @@ def heads_output(heads: Sequence[int]) -> Callable[[nn.Module, torch.Tensor], to
         return model.forward_heads(x, heads)
 
     return forward
-
-
-def build_model(
-    name: str, input_shape: Sequence[int], hidden: Sequence[int] = (400, 400)
-) -> MultiHeadClassifier:
-    """A headless :class:`MultiHeadClassifier` for inputs of ``input_shape`` (without the batch dim)."""
-    if name == "mlp":
-        in_features = 1
-        for size in input_shape:
-            in_features *= size
-        mlp = MLP(in_features, hidden)
-        return MultiHeadClassifier(mlp, mlp.out_features)
-    raise ConfigError(f"unknown model {name!r}; known models: mlp")

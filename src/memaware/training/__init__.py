@@ -1,8 +1,8 @@
 """Training: the task loop shared by every method."""
 
+from memaware.training.config import TrainConfig
 from memaware.training.loop import (
     MethodResult,
-    TrainConfig,
     evaluate,
     run_method,
     train_task,

@@ -32,7 +32,8 @@ from memaware.data.scenarios import SETTINGS, Scenario
 from memaware.errors import ConfigError, MemawareError
 from memaware.methods import METHODS, MethodOptions, make_options, methods_for
 from memaware.models import MultiHeadClassifier, build_model
-from memaware.training.loop import TrainConfig, run_method
+from memaware.training.config import TrainConfig
+from memaware.training.loop import run_method
 
 SUMMARY_KEYS = ("average_accuracy", "forgetting", "bwt", "average_drop", "wall_time_s")
 

@@ -17,7 +17,8 @@ from memaware.data.scenarios import SETTINGS, with_validation
 from memaware.errors import ConfigError
 from memaware.methods import accepted_options, make_method, make_options, method_class
 from memaware.models import build_model
-from memaware.training.loop import TrainConfig, run_method
+from memaware.training.config import TrainConfig
+from memaware.training.loop import run_method
 
 
 def sweep_strength(
