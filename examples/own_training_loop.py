@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from memaware.data.mnist import load_mnist
 from memaware.data.scenarios import split_scenario
-from memaware.data.sources import load_mnist
 from memaware.importance import accumulate, batches, mas
 from memaware.penalties import QuadraticPenalty
 

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from memaware.data.sources import ImageDataset, load_mnist
+from memaware.data.images import ImageDataset
+from memaware.data.mnist import load_mnist
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -14,7 +14,7 @@ from helpers import small_split_mnist
 from memaware.bench.importance import penalty_overhead
 from memaware.bench.training import bare_mas_run, memaware_mas_run
 from memaware.cli.main import main
-from memaware.data.sources import ImageDataset
+from memaware.data.images import ImageDataset
 
 
 def test_bare_script_is_memaware_mas_with_the_batched_importance(mnist: ImageDataset) -> None:

@@ -15,7 +15,7 @@ import pytest
 import memaware.training.experiment as experiment
 from helpers import small_split_mnist
 from memaware.cli.main import main
-from memaware.data.sources import ImageDataset
+from memaware.data.images import ImageDataset
 from memaware.errors import ConfigError
 from memaware.methods import EWC, METHODS, Finetune
 

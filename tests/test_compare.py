@@ -11,7 +11,7 @@ import pytest
 import memaware.training.experiment as experiment
 from helpers import small_split_mnist
 from memaware.cli.main import main
-from memaware.data.sources import ImageDataset
+from memaware.data.images import ImageDataset
 from memaware.errors import ConfigError
 from memaware.methods import METHODS, make_method, methods_for
 from memaware.training import TrainConfig

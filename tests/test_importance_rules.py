@@ -20,7 +20,7 @@ from torch.autograd.graph import GradientEdge
 
 import memaware.importance.exact as exact_module
 import memaware.importance.rules as rules_module
-from memaware.data.sources import load_mnist
+from memaware.data.mnist import load_mnist
 from memaware.errors import ConfigError
 from memaware.importance import mas
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from helpers import small_split_mnist
+from memaware.data.images import ImageDataset
 from memaware.data.scenarios import Scenario, Task
-from memaware.data.sources import ImageDataset
 from memaware.errors import ConfigError
 from memaware.importance import batches, fisher, local_mas
 from memaware.methods.base import Method

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from memaware.data.benchmarks import make_scenario
+from memaware.data.images import ImageDataset
 from memaware.data.scenarios import permuted_scenario, split_scenario
-from memaware.data.sources import ImageDataset
 from memaware.errors import ConfigError
 
 

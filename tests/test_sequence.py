@@ -7,15 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from memaware.data import sources
+from memaware.data.animal_mnist import load_animal_mnist, split_animal_mnist
 from memaware.data.benchmarks import make_scenario
+from memaware.data.fashion_mnist import FASHION_MNIST_SYSTEM_DIR
+from memaware.data.images import ImageDataset
 from memaware.data.sequence import dataset_sequence
-from memaware.data.sources import ImageDataset, load_animal_mnist
 from memaware.errors import ConfigError
 
 needs_fashion = pytest.mark.skipif(
-    not sources.FASHION_MNIST_SYSTEM_DIR.is_dir(),
-    reason=f"Fashion-MNIST is not installed in {sources.FASHION_MNIST_SYSTEM_DIR} "
+    not FASHION_MNIST_SYSTEM_DIR.is_dir(),
+    reason=f"Fashion-MNIST is not installed in {FASHION_MNIST_SYSTEM_DIR} "
     "(apt-get install dataset-fashion-mnist)",
 )
 
@@ -93,7 +94,7 @@ def test_class_offsets_follow_class_counts(mnist: ImageDataset, animal: ImageDat
 
 def test_animal_split_is_seeded(animal: ImageDataset) -> None:
     # An uncached load: the same seed must give the same split, not just the same cached object.
-    fresh = sources._load_animal_mnist_cached.__wrapped__(0, 1 / 6)
+    fresh = split_animal_mnist.__wrapped__(0, 1 / 6)
     assert torch.equal(fresh.train_y, animal.train_y) and torch.equal(fresh.test_x, animal.test_x)
     assert (len(animal.train_y), len(animal.test_y)) == ANIMAL_SIZES
     other = load_animal_mnist(seed=1)

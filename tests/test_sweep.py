@@ -11,7 +11,7 @@ import pytest
 import memaware.training.sweep as sweep
 from helpers import small_split_mnist
 from memaware.cli.main import main
-from memaware.data.sources import ImageDataset
+from memaware.data.images import ImageDataset
 from memaware.training import TrainConfig
 from memaware.training.sweep import merge_sweeps, sweep_strength
 

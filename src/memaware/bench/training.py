@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from memaware.bench.timing import paired, print_figures
+from memaware.data.mnist import load_mnist
 from memaware.data.scenarios import Scenario, split_scenario
-from memaware.data.sources import load_mnist
 from memaware.methods.mas import MAS, MASOptions
 from memaware.models import build_model
 from memaware.training import TrainConfig, run_method

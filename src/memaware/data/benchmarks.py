@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from memaware.data.animal_mnist import load_animal_mnist
+from memaware.data.fashion_mnist import load_fashion_mnist
+from memaware.data.mnist import load_mnist
+from memaware.data.registry import load_dataset
 from memaware.data.scenarios import Scenario, permuted_scenario, split_scenario, standardised
 from memaware.data.sequence import dataset_sequence
-from memaware.data.sources import load_animal_mnist, load_dataset, load_fashion_mnist, load_mnist
 from memaware.errors import ConfigError
 
 

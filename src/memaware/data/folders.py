@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 
 from memaware.data.datasets import relabelled
 from memaware.data.scenarios import Scenario, Task, _check_setting
-from memaware.data.sources import stratified_split
+from memaware.data.splits import stratified_split
 from memaware.data.transforms import (
     Preprocessing,
     evaluation_transform,
@@ -221,7 +221,7 @@ def load_image_folder(
 
     ``train`` augments when ``augment`` is true. Without a ``val/`` folder, the validation split
     takes ``round(n_c · validation_fraction)`` images of each class ``c`` of ``train`` (at least
-    one of a class with two or more, see :func:`memaware.data.sources.stratified_split`), drawn
+    one of a class with two or more, see :func:`memaware.data.splits.stratified_split`), drawn
     from ``seed``: the same seed gives the same split.
 
     Raises:

