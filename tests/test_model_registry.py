@@ -6,6 +6,7 @@ import importlib.metadata
 import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 import memaware.importance.exact as exact_module
+import memaware.training.experiment as experiment
+from memaware.cli.main import build_parser, main
 from memaware.data.transforms import Preprocessing, evaluation_transform, read_rgb
 from memaware.errors import ConfigError
 from memaware.importance import mas
@@ -27,6 +30,7 @@ from memaware.models import (
     preprocessing,
 )
 from memaware.models import efficientnet as efficientnet_module
+from memaware.training.sweep import check_sweep
 from test_importance_rules import TOL64, assert_matches, per_sample_reference, seeded
 
 HAS_PRETRAINED = importlib.util.find_spec(efficientnet_module.WEIGHTS_PACKAGE) is not None
@@ -441,3 +445,69 @@ def test_package_names_map_to_ours() -> None:
     assert rename("_blocks.15._expand_conv.weight") == "blocks.15.expand.conv.weight"
     assert rename("_fc.weight") is None
     assert rename("something.else") == "something.else"  # reported by the loader
+
+
+# ---------------------------------------------------------------------------------------------
+# --model and --weights on the command line, checked before any data are read
+
+
+def test_model_option_offers_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    for command in ("run", "compare", "sweep"):
+        args = parser.parse_args([command, "--model", "resnet18", "--weights", "w.pth"])
+        assert (args.model, args.weights) == ("resnet18", "w.pth")
+        assert parser.parse_args([command]).model == "mlp"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["run", "--model", "vgg"])
+    assert "invalid choice: 'vgg'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args(["run", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert all(name in shown for name in MODELS) and "memaware models" in shown
+    assert main(["models"]) == 0
+    table = capsys.readouterr().out
+    assert all(f"| `{name}` |" in table for name in MODELS) and "1,093,140" in table
+
+
+@pytest.mark.parametrize("command", ["run", "compare", "sweep"])
+def test_missing_weights_fail_before_any_data_are_read(
+    command: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_data(*args: object, **kwargs: object) -> None:
+        raise AssertionError("data were read before the weights were checked")
+
+    monkeypatch.setattr(experiment, "make_scenario", no_data)
+    monkeypatch.setattr("memaware.training.sweep.make_scenario", no_data)
+    missing = tmp_path / "absent.safetensors"
+    extra = ["--preset-dir", str(tmp_path / "presets")] if command == "sweep" else []
+    out = [] if command == "sweep" else ["--out", str(tmp_path / "out")]
+    code = main([command, "--model", "alexnet", "--weights", str(missing), *out, *extra])
+    assert code == 2
+    assert f"weights file {missing} does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_spec_checks_the_model_and_the_factory_loads_the_weights(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown model 'vgg'"):
+        experiment.ExperimentSpec(model="vgg").check()
+    seeded(9)
+    saved = build_model("cnn", (1, 28, 28)).backbone.state_dict()
+    torch.save(saved, tmp_path / "cnn.pt")
+    spec = experiment.ExperimentSpec(model="cnn", weights=str(tmp_path / "cnn.pt"))
+    spec.check()
+    assert spec.to_json()["weights"] == str(tmp_path / "cnn.pt")
+    scenario = SimpleNamespace(input_shape=(28, 28))  # MNIST's (H, W) images
+    model = experiment._model_factory(spec, scenario)()  # type: ignore[arg-type]
+    for name, value in model.backbone.state_dict().items():
+        assert torch.equal(value, saved[name]), name
+
+
+def test_sweep_checks_the_model(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        check_sweep(
+            "split-mnist", "task", "mas", [1.0], [0], 0.1, {}, model="cnn", weights="absent.pt"
+        )
+    check_sweep("split-mnist", "task", "mas", [1.0], [0], 0.1, {}, model="resnet18")

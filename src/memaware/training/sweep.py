@@ -16,7 +16,7 @@ from memaware.data.benchmarks import check_benchmark, make_scenario
 from memaware.data.scenarios import SETTINGS, with_validation
 from memaware.errors import ConfigError
 from memaware.methods import accepted_options, make_method, make_options, method_class
-from memaware.models import build_model
+from memaware.models import build_model, check_model
 from memaware.training.config import TrainConfig
 from memaware.training.loop import run_method
 
@@ -30,6 +30,8 @@ def sweep_strength(
     *,
     train: TrainConfig | None = None,
     validation_fraction: float = 0.1,
+    model: str = "mlp",
+    weights: str | None = None,
     hidden: Sequence[int] = (400, 400),
     data_dir: str | None = None,
     show_progress: bool = False,
@@ -40,11 +42,22 @@ def sweep_strength(
     Every run trains on the training data minus a stratified ``validation_fraction`` of each task
     (split with seed 0) and is scored on that held-out part. ``options`` are the method's other
     options (every value tried shares them; they are recorded in the provenance). The method's
-    own random streams are seeded by each run's seed. Every input is checked before any data is
+    own random streams are seeded by each run's seed; ``model`` and ``weights`` choose the
+    backbone (:func:`memaware.models.build_model`). Every input is checked before any data is
     read.
     """
     options = dict(options or {})
-    check_sweep(benchmark, scenario, method, values, seeds, validation_fraction, options)
+    check_sweep(
+        benchmark,
+        scenario,
+        method,
+        values,
+        seeds,
+        validation_fraction,
+        options,
+        model=model,
+        weights=weights,
+    )
     train = train or TrainConfig()
     stream = with_validation(
         make_scenario(benchmark, scenario, data_dir=data_dir), validation_fraction, seed=0
@@ -55,7 +68,7 @@ def sweep_strength(
             result = run_method(
                 make_method(method, seed=seed, strength=value, **options),
                 stream,
-                lambda: build_model("mlp", stream.input_shape, hidden),
+                lambda: build_model(model, stream.input_shape, hidden, weights),
                 replace(train, seed=seed),
                 show_progress=show_progress,
                 label=f"{method} λ={value:g} seed {seed}",
@@ -70,6 +83,9 @@ def sweep_strength(
             "seeds": list(seeds),
             "train": asdict(train),
             "hidden": list(hidden),
+            # an MLP sweep records no model, so that it merges with presets from before --model
+            **({"model": model} if model != "mlp" else {}),
+            **({"weights": weights} if weights is not None else {}),
             **({"options": options} if options else {}),
             "validation_average_accuracy": scores,
             "memaware_version": __version__,
@@ -86,6 +102,9 @@ def check_sweep(
     seeds: Sequence[int],
     validation_fraction: float,
     options: Mapping[str, Any],
+    *,
+    model: str = "mlp",
+    weights: str | None = None,
 ) -> None:
     """Raise :class:`ConfigError` for a sweep that cannot run, before any work."""
     check_benchmark(benchmark)
@@ -108,6 +127,7 @@ def check_sweep(
         raise ConfigError(f"the validation fraction must be in (0, 1), got {validation_fraction}")
     for value in values:
         make_options(method, strength=value, **options)
+    check_model(model, weights)
 
 
 def best_strength(scores: dict[str, list[float]]) -> float:
@@ -136,8 +156,18 @@ def write_sweep(
     return save_preset(benchmark, scenario, method, merged, directory), merged
 
 
-#: what must agree for two sweeps' grids to merge (``options`` is absent for the defaults)
-PROTOCOL_KEYS = ("criterion", "validation", "seeds", "train", "hidden", "options")
+#: what must agree for two sweeps' grids to merge (``model``, ``weights`` and ``options`` are
+#: absent for the defaults)
+PROTOCOL_KEYS = (
+    "criterion",
+    "validation",
+    "seeds",
+    "train",
+    "model",
+    "weights",
+    "hidden",
+    "options",
+)
 
 
 def merge_sweeps(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
