@@ -346,12 +346,18 @@ def test_stratified_split() -> None:
 def test_load_dataset_by_name(mnist: ImageDataset) -> None:
     assert torch.equal(load_dataset("mnist").test_y, mnist.test_y)
     assert load_dataset("Animal_MNIST").name == "animal-mnist"
-    assert set(registry.DATASETS) == {"mnist", "fashion-mnist", "animal-mnist"}
+    assert set(registry.DATASETS) == {
+        "mnist",
+        "fashion-mnist",
+        "animal-mnist",
+        "cifar10",
+        "cifar100",
+    }
 
 
 def test_load_dataset_unknown_name_lists_known_ones() -> None:
     with pytest.raises(
-        DataError, match=r"unknown dataset 'svhn'.*animal-mnist, fashion-mnist, mnist"
+        DataError, match=r"unknown dataset 'svhn'.*animal-mnist, cifar10, cifar100, fashion-mnist"
     ):
         load_dataset("svhn")
 

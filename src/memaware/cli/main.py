@@ -221,13 +221,27 @@ def _add_experiment_options(parser: argparse.ArgumentParser, methods: list[str])
     _add_option_argument(parser)
     _add_model_arguments(parser)
     add("--hidden", type=_int_list, default=[400, 400], help="MLP hidden sizes (default 400,400)")
-    add("--n-tasks", type=int, default=10, help="number of tasks of permuted-mnist (default 10)")
+    add(
+        "--n-tasks",
+        type=int,
+        default=None,
+        help="number of tasks: of permuted-mnist (default 10), or of equal tasks of consecutive "
+        "classes for split-cifar10 (default 5) and split-cifar100 (default 10; 20 gives 5 "
+        "classes each)",
+    )
     add(
         "--data-dir",
         default=None,
-        help="folder with the dataset's IDX files (else the installed package)",
+        help="folder with the dataset's files: the four IDX files of (Fashion-)MNIST (default: "
+        "the installed package), or for CIFAR the folder holding cifar-10-batches-py/ or "
+        "cifar-100-python/ (or their .tar.gz, unpacked there), or that folder itself "
+        "(default ~/.cache/memaware/cifar10, .../cifar100)",
     )
-    add("--download", action="store_true", help="download the dataset if it is not installed")
+    add(
+        "--download",
+        action="store_true",
+        help="download the dataset if it is not installed (CIFAR: into --data-dir)",
+    )
     add(
         "--out",
         type=Path,

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from memaware.data.animal_mnist import load_animal_mnist, split_animal_mnist
+from memaware.data.cifar import load_cifar10, load_cifar100
 from memaware.data.fashion_mnist import load_fashion_mnist
 from memaware.data.idx_folder import load_installed_idx_dir
 from memaware.data.images import ImageDataset
@@ -23,6 +24,8 @@ DATASETS: dict[str, Callable[..., ImageDataset]] = {
     "mnist": load_mnist,
     "fashion-mnist": load_fashion_mnist,
     "animal-mnist": load_animal_mnist,
+    "cifar10": load_cifar10,
+    "cifar100": load_cifar100,
 }
 # Datasets read only from an installed package: a data folder means nothing to them.
 _PACKAGE_ONLY = frozenset({"animal-mnist"})

@@ -27,7 +27,7 @@ import torch
 
 from memaware import __version__
 from memaware.configs import preset
-from memaware.data.benchmarks import BENCHMARKS, make_scenario
+from memaware.data.benchmarks import check_benchmark, make_scenario
 from memaware.data.scenarios import SETTINGS, Scenario
 from memaware.errors import ConfigError, MemawareError
 from memaware.methods import METHODS, MethodOptions, make_options, methods_for
@@ -57,7 +57,8 @@ class ExperimentSpec:
     #: a state_dict file of the backbone (``--weights``); ``None``: the model's own weights
     weights: str | None = None
     hidden: Sequence[int] = (400, 400)
-    n_tasks: int = 10
+    #: length of permuted-mnist, equal tasks of split-cifar10/100; None: the benchmark's default
+    n_tasks: int | None = None
     #: seed of the benchmark's own randomness (Permuted-MNIST's permutations, data splits)
     data_seed: int = 0
     data_dir: str | None = None
@@ -76,10 +77,7 @@ class ExperimentSpec:
             raise ConfigError(
                 f"unknown scenario {self.scenario!r}; choose one of {', '.join(SETTINGS)}"
             )
-        if self.benchmark not in BENCHMARKS:
-            raise ConfigError(
-                f"unknown benchmark {self.benchmark!r}; known benchmarks: {', '.join(BENCHMARKS)}"
-            )
+        check_benchmark(self.benchmark, self.n_tasks)
         names = self.method_names()
         unknown = [m for m in names if m not in METHODS]
         if unknown or not names:
@@ -106,7 +104,7 @@ class ExperimentSpec:
             )
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ConfigError(f"hidden sizes must be positive, got {list(self.hidden)}")
-        if self.n_tasks < 1:
+        if self.n_tasks is not None and self.n_tasks < 1:
             raise ConfigError(f"the number of tasks must be >= 1, got {self.n_tasks}")
         check_model(self.model, self.weights)  # an unknown model or bad weights fail now
         strays = sorted(set(self.method_options) - set(names))
