@@ -243,6 +243,25 @@ def _add_experiment_options(parser: argparse.ArgumentParser, methods: list[str])
         help="download the dataset if it is not installed (CIFAR: into --data-dir)",
     )
     add(
+        "--data-root",
+        default=None,
+        help="the folders benchmark: the folder holding one image folder per task, "
+        "<name>/{train,val,test}/<class>/<image>",
+    )
+    add(
+        "--tasks",
+        type=_name_list,
+        default=[],
+        help="the folders benchmark: comma list of the folders under --data-root, one task each, "
+        "in order",
+    )
+    add(
+        "--augment",
+        action="store_true",
+        help="the folders benchmark: random resized crops and flips of the training images "
+        "(evaluation and importance always see the model's resize and centre crop)",
+    )
+    add(
         "--out",
         type=Path,
         default=None,
@@ -372,6 +391,9 @@ def _experiment(args: argparse.Namespace, seeds: Sequence[int], command: str) ->
         n_tasks=args.n_tasks,
         data_dir=args.data_dir,
         download=args.download,
+        data_root=args.data_root,
+        tasks=tuple(args.tasks),
+        augment=args.augment,
     )
     out = args.out or default_out_dir(spec, command)
     results, paths = _run_and_write(spec, out, not args.no_progress and sys.stderr.isatty())

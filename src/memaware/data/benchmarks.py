@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from memaware.data.animal_mnist import load_animal_mnist
 from memaware.data.fashion_mnist import load_fashion_mnist
+from memaware.data.folders import folder_scenario
 from memaware.data.mnist import load_mnist
 from memaware.data.registry import load_dataset
 from memaware.data.scenarios import Scenario, permuted_scenario, split_scenario, standardised
 from memaware.data.sequence import dataset_sequence
+from memaware.data.transforms import Preprocessing
 from memaware.errors import ConfigError
 
 
 def _split(dataset: str) -> Callable[..., Scenario]:
-    def make(
-        setting: str, data_dir: str | Path | None, download: bool, seed: int, n_tasks: int | None
-    ) -> Scenario:
+    def make(request: DataRequest) -> Scenario:
         return split_scenario(
-            load_dataset(dataset, data_dir, download), setting, name=f"split-{dataset}"
+            load_dataset(dataset, request.data_dir, request.download),
+            request.setting,
+            name=f"split-{dataset}",
         )
 
     return make
@@ -62,60 +66,58 @@ def equal_class_split(n_classes: int, n_tasks: int, benchmark: str) -> tuple[tup
 def _equal_split(benchmark: str) -> Callable[..., Scenario]:
     dataset, n_classes, default_tasks = _EQUAL_SPLITS[benchmark]
 
-    def make(
-        setting: str, data_dir: str | Path | None, download: bool, seed: int, n_tasks: int | None
-    ) -> Scenario:
+    def make(request: DataRequest) -> Scenario:
         # The class order is checked before the (large) dataset is read.
-        order = equal_class_split(
-            n_classes, default_tasks if n_tasks is None else n_tasks, benchmark
-        )
-        return split_scenario(load_dataset(dataset, data_dir, download), setting, order, benchmark)
+        n_tasks = default_tasks if request.n_tasks is None else request.n_tasks
+        order = equal_class_split(n_classes, n_tasks, benchmark)
+        data = load_dataset(dataset, request.data_dir, request.download)
+        return split_scenario(data, request.setting, order, benchmark)
 
     return make
 
 
-def _split_mnist_authors(
-    setting: str, data_dir: str | Path | None, download: bool, seed: int, n_tasks: int | None
-) -> Scenario:
+def _split_mnist_authors(request: DataRequest) -> Scenario:
     scenario = split_scenario(
-        load_dataset("mnist", data_dir, download),
-        setting,
+        load_dataset("mnist", request.data_dir, request.download),
+        request.setting,
         AUTHORS_CLASS_ORDER,
         name="split-mnist-authors",
     )
     return standardised(scenario, AUTHORS_MNIST_MEAN, AUTHORS_MNIST_STD)
 
 
-def _permuted(
-    setting: str, data_dir: str | Path | None, download: bool, seed: int, n_tasks: int | None
-) -> Scenario:
+def _permuted(request: DataRequest) -> Scenario:
     return permuted_scenario(
-        load_dataset("mnist", data_dir, download),
-        setting,
-        PERMUTED_MNIST_TASKS if n_tasks is None else n_tasks,
-        seed,
+        load_dataset("mnist", request.data_dir, request.download),
+        request.setting,
+        PERMUTED_MNIST_TASKS if request.n_tasks is None else request.n_tasks,
+        request.seed,
         "permuted-mnist",
     )
 
 
-def _mnist_fashion_animal(
-    setting: str, data_dir: str | Path | None, download: bool, seed: int, n_tasks: int | None
-) -> Scenario:
-    if data_dir is not None:
-        raise ConfigError(
-            f"mnist-fashion-animal reads three different datasets, but --data-dir names the "
-            f"folder of one dataset (got {data_dir}); drop the option: MNIST and Animal-MNIST "
-            "come from their packages and Fashion-MNIST from its system folder or --download"
-        )
+def _mnist_fashion_animal(request: DataRequest) -> Scenario:
     datasets = (
-        load_mnist(download=download),
-        load_fashion_mnist(download=download),
-        load_animal_mnist(seed=seed),
+        load_mnist(download=request.download),
+        load_fashion_mnist(download=request.download),
+        load_animal_mnist(seed=request.seed),
     )
-    return dataset_sequence(datasets, setting, "mnist-fashion-animal")
+    return dataset_sequence(datasets, request.setting, "mnist-fashion-animal")
 
 
-BENCHMARKS: dict[str, Callable[..., Scenario]] = {
+def _folders(request: DataRequest) -> Scenario:
+    assert request.data_root is not None and request.preprocessing is not None
+    return folder_scenario(
+        request.data_root,
+        request.tasks,
+        request.setting,
+        request.preprocessing,
+        augment=request.augment,
+        seed=request.seed,
+    )
+
+
+BENCHMARKS: dict[str, Callable[[DataRequest], Scenario]] = {
     "split-mnist": _split("mnist"),
     "split-fashion-mnist": _split("fashion-mnist"),
     # the MAS authors' demo: tasks {1,2},{3,4},{5,6},{7,8},{9,0}, inputs (x − 0.1307) / 0.3081
@@ -125,36 +127,89 @@ BENCHMARKS: dict[str, Callable[..., Scenario]] = {
     # classes in order: 5 tasks {0,1},…,{8,9}; 10 tasks of 10 (--n-tasks 20: 20 tasks of 5)
     "split-cifar10": _equal_split("split-cifar10"),
     "split-cifar100": _equal_split("split-cifar100"),
+    # one task per image folder <data_root>/<name>/{train,val,test}/<class>/<image>
+    "folders": _folders,
 }
 
 
-def check_benchmark(benchmark: str, n_tasks: int | None = None) -> None:
-    """Raise :class:`ConfigError` unless ``benchmark`` is one of :data:`BENCHMARKS` and, for
-    the CIFAR splits, ``n_tasks`` (None: the default) cuts its classes into equal tasks."""
+@dataclass(frozen=True)
+class DataRequest:
+    """What a run asks of its benchmark's data; every benchmark reads the fields it needs.
+
+    ``data_dir``: the folder of one dataset's files (IDX, CIFAR archives); ``download``: fetch
+    them when absent; ``seed``: the benchmark's own randomness (Permuted-MNIST's permutations,
+    Animal-MNIST's split, an image folder's carved validation split); ``n_tasks``: the length
+    of Permuted-MNIST (default 10) and the number of equal tasks of Split-CIFAR-10 (default 5)
+    and Split-CIFAR-100 (default 10), ``None`` taking the default. ``folders`` reads
+    ``data_root`` / each of ``tasks``, decoded with the model's ``preprocessing`` and, for
+    training, augmented when ``augment``.
+    """
+
+    setting: str = "task"
+    data_dir: str | Path | None = None
+    download: bool = False
+    seed: int = 0
+    n_tasks: int | None = None
+    data_root: str | Path | None = None
+    tasks: tuple[str, ...] = ()
+    preprocessing: Preprocessing | None = None
+    augment: bool = False
+
+
+#: the benchmarks whose length ``n_tasks`` sets
+_SIZED = ("permuted-mnist", *_EQUAL_SPLITS)
+
+
+def check_benchmark(benchmark: str, request: DataRequest = DataRequest()) -> None:
+    """Raise :class:`ConfigError` unless ``benchmark`` is one of :data:`BENCHMARKS` and
+    ``request`` gives it what it needs and nothing it would ignore."""
     if benchmark not in BENCHMARKS:
         raise ConfigError(
             f"unknown benchmark {benchmark!r}; known benchmarks: {', '.join(BENCHMARKS)}"
         )
-    if benchmark in _EQUAL_SPLITS and n_tasks is not None:
-        equal_class_split(_EQUAL_SPLITS[benchmark][1], n_tasks, benchmark)
+    if benchmark in _EQUAL_SPLITS and request.n_tasks is not None:
+        equal_class_split(_EQUAL_SPLITS[benchmark][1], request.n_tasks, benchmark)
+    if request.n_tasks is not None and benchmark not in _SIZED:
+        raise ConfigError(
+            f"{benchmark} has a fixed number of tasks; --n-tasks is an option of "
+            f"{', '.join(_SIZED)}"
+        )
+    if benchmark == "folders":
+        if request.data_root is None or not request.tasks:
+            raise ConfigError(
+                "the folders benchmark needs --data-root R and --tasks a,b,c (one task per "
+                "folder R/<name>/{train,val,test}/<class>/<image>)"
+            )
+        if request.data_dir is not None:
+            raise ConfigError("the folders benchmark reads --data-root, not --data-dir")
+        if request.preprocessing is None:
+            raise ConfigError("the folders benchmark needs the model's preprocessing")
+        return
+    if request.data_root is not None or request.tasks:
+        raise ConfigError(
+            f"--data-root and --tasks name the image folders of the folders benchmark, not of "
+            f"{benchmark} (its files are found in --data-dir or its package)"
+        )
+    if request.augment:
+        raise ConfigError(
+            f"--augment transforms images read from disk (the folders benchmark), not "
+            f"{benchmark}'s tensors"
+        )
+    if benchmark == "mnist-fashion-animal" and request.data_dir is not None:
+        raise ConfigError(
+            f"mnist-fashion-animal reads three different datasets, but --data-dir names the "
+            f"folder of one dataset (got {request.data_dir}); drop the option: MNIST and "
+            "Animal-MNIST come from their packages and Fashion-MNIST from its system folder "
+            "or --download"
+        )
 
 
-def make_scenario(
-    benchmark: str,
-    setting: str = "task",
-    *,
-    data_dir: str | Path | None = None,
-    download: bool = False,
-    seed: int = 0,
-    n_tasks: int | None = None,
-) -> Scenario:
+def make_scenario(benchmark: str, setting: str = "task", **fields: Any) -> Scenario:
     """The task stream of ``benchmark`` in ``setting`` (``task``, ``domain`` or ``class``).
 
-    ``n_tasks`` is the length of Permuted-MNIST (default 10) and the number of equal tasks of
-    Split-CIFAR-10 (default 5) and Split-CIFAR-100 (default 10); None takes the default, and
-    the other benchmarks have a fixed length. ``seed`` draws Permuted-MNIST's permutations and
-    the train/test split of Animal-MNIST in ``mnist-fashion-animal``, which takes no
-    ``data_dir`` (it reads three datasets, and a data folder names one).
+    ``fields`` are those of :class:`DataRequest` (``data_dir``, ``download``, ``seed``,
+    ``n_tasks``, ``data_root``, ``tasks``, ``preprocessing``, ``augment``).
     """
-    check_benchmark(benchmark, n_tasks)
-    return BENCHMARKS[benchmark](setting, data_dir, download, seed, n_tasks)
+    request = DataRequest(setting, **fields)
+    check_benchmark(benchmark, request)
+    return BENCHMARKS[benchmark](request)

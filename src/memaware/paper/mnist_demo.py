@@ -31,8 +31,8 @@ from typing import Any
 from memaware.errors import DataError
 from memaware.files import atomic_write_text
 from memaware.reports import checked_matrix, metric_std
-from memaware.training.experiment import ExperimentSpec
 from memaware.training.config import TrainConfig
+from memaware.training.experiment import ExperimentSpec
 
 #: the methods the demo runs: MAS, and finetuning for reference
 METHODS: tuple[str, ...] = ("finetune", "mas")

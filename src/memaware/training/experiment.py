@@ -27,11 +27,11 @@ import torch
 
 from memaware import __version__
 from memaware.configs import preset
-from memaware.data.benchmarks import check_benchmark, make_scenario
+from memaware.data.benchmarks import DataRequest, check_benchmark, make_scenario
 from memaware.data.scenarios import SETTINGS, Scenario
 from memaware.errors import ConfigError, MemawareError
 from memaware.methods import METHODS, MethodOptions, make_options, methods_for
-from memaware.models import MultiHeadClassifier, build_model, check_model
+from memaware.models import MultiHeadClassifier, build_model, check_model, preprocessing
 from memaware.training.config import TrainConfig
 from memaware.training.loop import run_method
 
@@ -63,6 +63,25 @@ class ExperimentSpec:
     data_seed: int = 0
     data_dir: str | None = None
     download: bool = False
+    #: the image folders of the ``folders`` benchmark: ``data_root``/<name> for each of ``tasks``
+    data_root: str | None = None
+    tasks: Sequence[str] = ()
+    #: augment the training images read from disk (random resized crop and flip)
+    augment: bool = False
+
+    def data_request(self) -> DataRequest:
+        """What this run asks of its benchmark (the model's preprocessing for image folders)."""
+        return DataRequest(
+            self.scenario,
+            data_dir=self.data_dir,
+            download=self.download,
+            seed=self.data_seed,
+            n_tasks=self.n_tasks,
+            data_root=self.data_root,
+            tasks=tuple(self.tasks),
+            preprocessing=preprocessing(self.model),
+            augment=self.augment,
+        )
 
     def method_names(self) -> list[str]:
         """The methods to run, with ``all`` expanded to every method supporting the scenario."""
@@ -77,7 +96,8 @@ class ExperimentSpec:
             raise ConfigError(
                 f"unknown scenario {self.scenario!r}; choose one of {', '.join(SETTINGS)}"
             )
-        check_benchmark(self.benchmark, self.n_tasks)
+        check_model(self.model, self.weights)  # an unknown model or bad weights fail now
+        check_benchmark(self.benchmark, self.data_request())
         names = self.method_names()
         unknown = [m for m in names if m not in METHODS]
         if unknown or not names:
@@ -106,7 +126,6 @@ class ExperimentSpec:
             raise ConfigError(f"hidden sizes must be positive, got {list(self.hidden)}")
         if self.n_tasks is not None and self.n_tasks < 1:
             raise ConfigError(f"the number of tasks must be >= 1, got {self.n_tasks}")
-        check_model(self.model, self.weights)  # an unknown model or bad weights fail now
         strays = sorted(set(self.method_options) - set(names))
         if strays:
             raise ConfigError(
@@ -198,14 +217,7 @@ def run_experiment(
     step, e.g. a model that does not fit the data), which is raised as it is.
     """
     spec.check()
-    scenario = make_scenario(
-        spec.benchmark,
-        spec.scenario,
-        data_dir=spec.data_dir,
-        download=spec.download,
-        seed=spec.data_seed,
-        n_tasks=spec.n_tasks,
-    )
+    scenario = make_scenario(spec.benchmark, **vars(spec.data_request()))
     methods: dict[str, Any] = {}
     results: dict[str, Any] = {
         "memaware_version": __version__,
