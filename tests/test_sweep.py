@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,16 @@ def test_merge_extends_a_grid_of_the_same_protocol() -> None:
         "2026-11-27",
         "2026-11-28",
     ]
+
+
+def test_a_preset_from_before_a_training_field_existed_merges_under_its_default() -> None:
+    old = _entry({"1": [0.5, 0.5]}, "2026-11-27")  # records only "epochs"
+    new = _entry({"10": [0.6, 0.6]}, "2026-12-02")
+    new["provenance"]["train"] = dataclasses.asdict(TrainConfig(epochs=4))
+    assert list(merge_sweeps(old, new)["provenance"]["validation_average_accuracy"]) == ["1", "10"]
+    other = _entry({"10": [0.6, 0.6]}, "2026-12-02")
+    other["provenance"]["train"] = dataclasses.asdict(TrainConfig(epochs=4, lr_schedule="cosine"))
+    assert merge_sweeps(old, other) == other
 
 
 def test_merge_refuses_a_different_protocol() -> None:

@@ -170,12 +170,21 @@ PROTOCOL_KEYS = (
 )
 
 
+def _protocol(provenance: dict[str, Any], key: str) -> Any:
+    """``provenance[key]``; for ``train``, with the fields a preset from before they existed
+    lacks filled in by their defaults (what that sweep ran with)."""
+    value = provenance.get(key)
+    if key == "train" and isinstance(value, dict):
+        return asdict(TrainConfig()) | value
+    return value
+
+
 def merge_sweeps(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
     """``new`` extended with the values ``old`` tried, when both ran the same protocol."""
     if old is None or "provenance" not in old:
         return new
     before, after = old["provenance"], new["provenance"]
-    if any(before.get(key) != after.get(key) for key in PROTOCOL_KEYS):
+    if any(_protocol(before, key) != _protocol(after, key) for key in PROTOCOL_KEYS):
         return new
     scores = {**before["validation_average_accuracy"], **after["validation_average_accuracy"]}
     scores = dict(sorted(scores.items(), key=lambda item: float(item[0])))
