@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from memaware.data.datasets import relabelled
-from memaware.data.scenarios import Scenario, Task, _check_setting
+from memaware.data.scenarios import Scenario, _check_setting
+from memaware.data.sequence import TaskData, sequence_tasks
 from memaware.data.splits import stratified_split
 from memaware.data.transforms import (
     Preprocessing,
@@ -299,28 +299,6 @@ def folder_scenario(
         )
         for name in names
     ]
-    counts = [f.n_classes for f in folders]
-    if checked == "domain" and len(set(counts)) > 1:
-        listed = ", ".join(f"{f.name}: {f.n_classes}" for f in folders)
-        raise ConfigError(
-            "the domain setting answers every folder with one shared head, so the folders must "
-            f"have the same number of classes ({listed}); use the task or class setting"
-        )
-    tasks = []
-    offset = 0
-    for index, folder in enumerate(folders):
-        shift = offset if checked == "class" else 0
-        train, val, test = folder.train, folder.val, folder.test
-        tasks.append(
-            Task(
-                index=index,
-                name=folder.name,
-                head=index if checked == "task" else 0,
-                n_classes=sum(counts) if checked == "class" else folder.n_classes,
-                train=relabelled(train, train.labels + shift) if shift else train,
-                test=relabelled(test, test.labels + shift) if shift else test,
-                val=relabelled(val, val.labels + shift) if shift else val,
-            )
-        )
-        offset += folder.n_classes
-    return Scenario("folders-" + "-".join(names), checked, tuple(tasks))
+    parts = [TaskData(f.name, f.n_classes, f.train, f.test, f.val) for f in folders]
+    tasks = sequence_tasks(parts, checked, "folders")
+    return Scenario("folders-" + "-".join(names), checked, tasks)

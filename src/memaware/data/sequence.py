@@ -22,14 +22,16 @@ datasets), like the other scenarios; all datasets must share that shape.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
+from memaware.data.datasets import LabelledData, TensorData, relabelled
 from memaware.data.images import ImageDataset
-from memaware.data.scenarios import Scenario, Task, _check_setting, _pixels
+from memaware.data.scenarios import Scenario, Setting, Task, _check_setting, _pixels
 from memaware.errors import ConfigError
 
-__all__ = ["dataset_sequence"]
+__all__ = ["TaskData", "dataset_sequence", "sequence_tasks"]
 
 
 def _check_images(datasets: Sequence[ImageDataset]) -> None:
@@ -54,6 +56,55 @@ def _check_images(datasets: Sequence[ImageDataset]) -> None:
         )
 
 
+@dataclass(frozen=True)
+class TaskData:
+    """One dataset of a sequence: its name, class count and splits, in its own labels."""
+
+    name: str
+    n_classes: int
+    train: LabelledData
+    test: LabelledData
+    val: LabelledData | None = None
+
+
+def sequence_tasks(parts: Sequence[TaskData], setting: Setting, what: str) -> tuple[Task, ...]:
+    """One task per dataset of ``parts``, in order, labelled and headed as ``setting`` says.
+
+    ``task``: head ``i``, the dataset's own labels; ``domain``: head 0, the dataset's own labels
+    (ConfigError unless all datasets have the same class count; ``what`` names them in the
+    message, e.g. "datasets" or "folders"); ``class``: head 0 over all classes, dataset ``i``'s
+    labels shifted by the class counts of the datasets before it.
+    """
+    counts = [part.n_classes for part in parts]
+    if setting == "domain" and len(set(counts)) > 1:
+        listed = ", ".join(f"{part.name}: {part.n_classes}" for part in parts)
+        raise ConfigError(
+            f"the domain setting answers every one of the {what} with one shared head, so they "
+            f"must have the same number of classes ({listed}); use the task or class setting"
+        )
+
+    def shifted(data: LabelledData, shift: int) -> LabelledData:
+        return relabelled(data, data.labels + shift) if shift else data
+
+    tasks = []
+    offset = 0
+    for index, part in enumerate(parts):
+        shift = offset if setting == "class" else 0
+        tasks.append(
+            Task(
+                index=index,
+                name=part.name,
+                head=index if setting == "task" else 0,
+                n_classes=sum(counts) if setting == "class" else part.n_classes,
+                train=shifted(part.train, shift),
+                test=shifted(part.test, shift),
+                val=None if part.val is None else shifted(part.val, shift),
+            )
+        )
+        offset += part.n_classes
+    return tuple(tasks)
+
+
 def dataset_sequence(
     datasets: Sequence[ImageDataset], setting: str, name: str | None = None
 ) -> Scenario:
@@ -71,30 +122,14 @@ def dataset_sequence(
     if not datasets:
         raise ConfigError("a dataset sequence needs at least one dataset")
     _check_images(datasets)
-    counts = [ds.n_classes for ds in datasets]
-    if checked == "domain" and len(set(counts)) > 1:
-        listed = ", ".join(f"{ds.name}: {ds.n_classes}" for ds in datasets)
-        raise ConfigError(
-            "the domain setting answers every dataset with one shared head, so the datasets "
-            f"must have the same number of classes ({listed}); use the task or class setting"
+    parts = [
+        TaskData(
+            ds.name,
+            ds.n_classes,
+            TensorData(_pixels(ds.train_x), ds.train_y),
+            TensorData(_pixels(ds.test_x), ds.test_y),
         )
-    total = sum(counts)
-    tasks = []
-    offset = 0
-    for index, ds in enumerate(datasets):
-        shift = offset if checked == "class" else 0
-        tasks.append(
-            Task.from_tensors(
-                index=index,
-                name=ds.name,
-                head=index if checked == "task" else 0,
-                n_classes=total if checked == "class" else ds.n_classes,
-                train_x=_pixels(ds.train_x),
-                train_y=ds.train_y + shift,
-                test_x=_pixels(ds.test_x),
-                test_y=ds.test_y + shift,
-            )
-        )
-        offset += ds.n_classes
+        for ds in datasets
+    ]
     default_name = "sequence-" + "-".join(ds.name for ds in datasets)
-    return Scenario(name or default_name, checked, tuple(tasks))
+    return Scenario(name or default_name, checked, sequence_tasks(parts, checked, "datasets"))
