@@ -23,10 +23,13 @@ def test_every_method_is_registered_and_declares_its_scenarios() -> None:
         "finetune", "joint", "mas", "l-mas", "ewc", "online-ewc", "si", "l2", "lwf", "ebll",
         "mean-imm", "mode-imm",
     }  # fmt: skip
-    assert set(METHODS) == expected
+    task_free = {"task-free-mas", "online-finetune"}  # they learn from `memaware stream`
+    assert set(METHODS) == expected | task_free
     for name in expected:
         assert set(METHODS[name].scenarios) <= {"task", "domain", "class"}
         assert name in methods_for("task")
+    for name in task_free:
+        assert name not in methods_for("domain") and "task" not in METHODS[name].scenarios
 
 
 def test_unknown_option_is_a_clear_error() -> None:

@@ -8,6 +8,8 @@
   ``memaware presets``: the stored presets as a markdown table;
 * ``memaware options``: every method's options (``--option METHOD.FIELD=VALUE``), as a table;
 * ``memaware models``: the backbones ``--model`` chooses from, as a table;
+* ``memaware stream``: a benchmark's tasks as one stream of small batches with sharp or blurred
+  boundaries, read once; task-free methods never see the boundaries (:mod:`memaware.cli.stream`);
 * ``memaware paper mnist-demo``: the Split-MNIST demo of the MAS authors' repository, with the
   notebook's numbers next to memaware's (:mod:`memaware.paper.mnist_demo`);
 * ``memaware bench importance``: speed of the importance engine;
@@ -23,6 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from memaware.cli.stream import add_stream_parser, stream_command
 from memaware.configs import PRESET_DIR, load_presets, preset_path
 from memaware.data.benchmarks import BENCHMARKS, check_benchmark
 from memaware.data.scenarios import SETTINGS
@@ -327,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
         "models", help="the models --model chooses from: inputs, sizes, weights, preprocessing"
     )
 
+    add_stream_parser(commands)
+
     paper = commands.add_parser("paper", help="the MAS authors' own experiments, runnable")
     protocols = paper.add_subparsers(dest="protocol", required=True)
     demo = protocols.add_parser(
@@ -559,6 +564,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _presets(args)
         if args.command == "paper":
             return _paper(args)
+        if args.command == "stream":
+            return stream_command(args)
         if args.command == "models":
             print(models_table())
             return 0

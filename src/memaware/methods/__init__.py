@@ -22,14 +22,21 @@ from memaware.methods.lmas import LocalMAS, LocalMASOptions
 from memaware.methods.lwf import LwF, LwFOptions
 from memaware.methods.mas import MAS, MASOptions
 from memaware.methods.online_ewc import OnlineEWC, OnlineEWCOptions
+from memaware.methods.online_finetune import OnlineFinetune, OnlineFinetuneOptions
 from memaware.methods.options import MethodOptions, build, option_docs, parse_field
 from memaware.methods.si import SI, SIOptions
+from memaware.methods.task_free import TaskFree
+from memaware.methods.task_free_mas import TaskFreeMAS, TaskFreeMASOptions
 
-#: every method by its name, in the order reports list them: bounds, the paper's method, baselines
+#: every method by its name, in the order reports list them: bounds, the paper's method,
+#: baselines, then the task-free methods (which learn from `memaware stream` only)
 METHODS: dict[str, type[Method]] = {
     cls.name: cls
-    for cls in (Finetune, Joint, MAS, LocalMAS, EWC, OnlineEWC, SI, L2, LwF, EBLL, MeanIMM, ModeIMM)
-}
+    for cls in (
+        Finetune, Joint, MAS, LocalMAS, EWC, OnlineEWC, SI, L2, LwF, EBLL, MeanIMM, ModeIMM,
+        TaskFreeMAS, OnlineFinetune,
+    )
+}  # fmt: skip
 
 
 def method_class(name: str) -> type[Method]:
@@ -83,9 +90,27 @@ def parse_option(text: str) -> tuple[str, str, object]:
         raise ConfigError(f"--option {text}: {exc}") from None
 
 
+def check_task_loop(names: list[str]) -> None:
+    """Raise :class:`ConfigError` if a method of ``names`` is task-free (it needs a stream)."""
+    streamed = [n for n in names if n in METHODS and issubclass(METHODS[n], TaskFree)]
+    if streamed:
+        raise ConfigError(
+            f"{', '.join(streamed)} learn(s) from a stream without task boundaries, not from "
+            "the task loop: run it with `memaware stream`"
+        )
+
+
 def methods_for(setting: str) -> list[str]:
-    """Every registered method that supports ``setting`` (what ``--methods all`` means)."""
-    return [name for name, cls in METHODS.items() if setting in cls.scenarios]
+    """Every registered method of the task loop that supports ``setting`` (``--methods all``).
+
+    The task-free methods (:class:`~memaware.methods.task_free.TaskFree`) are not among them:
+    they learn from a stream without boundaries (``memaware stream``).
+    """
+    return [
+        name
+        for name, cls in METHODS.items()
+        if setting in cls.scenarios and not issubclass(cls, TaskFree)
+    ]
 
 
 __all__ = [
@@ -117,8 +142,14 @@ __all__ = [
     "ModeIMMOptions",
     "OnlineEWC",
     "OnlineEWCOptions",
+    "OnlineFinetune",
+    "OnlineFinetuneOptions",
     "SIOptions",
+    "TaskFree",
+    "TaskFreeMAS",
+    "TaskFreeMASOptions",
     "accepted_options",
+    "check_task_loop",
     "make_method",
     "make_options",
     "method_class",

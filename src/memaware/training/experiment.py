@@ -30,7 +30,7 @@ from memaware.configs import preset
 from memaware.data.benchmarks import DataRequest, check_benchmark, make_scenario
 from memaware.data.scenarios import SETTINGS, Scenario
 from memaware.errors import ConfigError, MemawareError
-from memaware.methods import METHODS, MethodOptions, make_options, methods_for
+from memaware.methods import METHODS, MethodOptions, check_task_loop, make_options, methods_for
 from memaware.models import MultiHeadClassifier, build_model, check_model, preprocessing
 from memaware.training.config import TrainConfig
 from memaware.training.loop import run_method
@@ -105,6 +105,7 @@ class ExperimentSpec:
                 f"unknown method(s) {', '.join(unknown) or '(none given)'}; "
                 f"known: {', '.join(METHODS)}, or all"
             )
+        check_task_loop(names)
         unsupported = [
             m for m in names if m in METHODS and self.scenario not in METHODS[m].scenarios
         ]

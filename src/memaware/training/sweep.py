@@ -15,7 +15,13 @@ from memaware.configs import PRESET_DIR, preset, save_preset
 from memaware.data.benchmarks import check_benchmark, make_scenario
 from memaware.data.scenarios import SETTINGS, with_validation
 from memaware.errors import ConfigError
-from memaware.methods import accepted_options, make_method, make_options, method_class
+from memaware.methods import (
+    accepted_options,
+    check_task_loop,
+    make_method,
+    make_options,
+    method_class,
+)
 from memaware.models import build_model, check_model
 from memaware.training.config import TrainConfig
 from memaware.training.loop import run_method
@@ -111,6 +117,7 @@ def check_sweep(
     if scenario not in SETTINGS:
         raise ConfigError(f"unknown scenario {scenario!r}; choose one of {', '.join(SETTINGS)}")
     cls = method_class(method)
+    check_task_loop([method])
     if scenario not in cls.scenarios:
         raise ConfigError(f"{method} does not support the {scenario} scenario")
     if "strength" not in accepted_options(cls):
