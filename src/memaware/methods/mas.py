@@ -18,6 +18,16 @@ learned only,
     Ω ← Ω + Ω_new
 
 which is ≤ the per-sample Ω by the triangle inequality (equal for batches of one).
+
+Ω from deployment (``importance_source``): after the task numbered ``importance_file_task``
+(from 0), Ω_new can come from a saved :class:`~memaware.importance.Importance` instead, e.g. the
+file of an :class:`~memaware.deploy.ImportanceTracker` that counted the inputs the model served
+between that task and the next (``file``), or from that file merged with the task's own data
+(``train+file``: sums and counts add, so Ω_new is the mean over both sets of inputs). The
+file is read when the options are built (it must exist and hold MAS importance of the kind
+the merge needs) and checked against the model's parameter names and shapes before that task
+trains. The file's Ω is the one its tracker measured: F as the served calls computed it (the
+head each call asked for), the importance data's F as ``heads`` says.
 """
 
 from __future__ import annotations
@@ -30,7 +40,8 @@ import torch
 
 from memaware.data.datasets import LabelledData, batches, concat, for_evaluation
 from memaware.data.scenarios import Task
-from memaware.importance import mas
+from memaware.errors import ConfigError, DataError
+from memaware.importance import Importance, mas
 from memaware.importance.mas import Granularity, Norm
 from memaware.methods.regulariser import AccumulatedOptions, QuadraticRegulariser
 from memaware.models.multihead import MultiHeadClassifier, heads_output
@@ -81,10 +92,77 @@ class MASOptions(AccumulatedOptions):
             "learned (current, what the authors' code sees)"
         },
     )
+    importance_source: Literal["train", "file", "train+file"] = field(
+        default="train",
+        metadata={
+            "help": "Ω after task importance_file_task: from importance_data (train), from "
+            "importance_file (file, e.g. a deployed model's ImportanceTracker), or both merged "
+            "(train+file: sums and counts add)"
+        },
+    )
+    # None first: `--option mas.importance_file=none` reads as None, not as a file called none
+    importance_file: None | str = field(  # noqa: RUF036
+        default=None,
+        metadata={
+            "help": "a saved Importance (Importance.save, ImportanceTracker) for "
+            "importance_source=file or train+file"
+        },
+    )
+    importance_file_task: int = field(
+        default=0,
+        metadata={
+            "help": "the task (numbered from 0) after which importance_file is used; after the "
+            "others Ω comes from importance_data"
+        },
+    )
     importance_data: Literal["train", "test", "train+test"] = field(
         default="train",
         metadata={"help": "the finished task's inputs Ω is computed on (unlabelled)"},
     )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.require_at_least("importance_file_task", 0)
+        if self.importance_source == "train":
+            if self.importance_file is not None:
+                self.fail(
+                    "importance_file",
+                    "none with importance_source=train (set importance_source=file or "
+                    "train+file to use the file)",
+                    self.importance_file,
+                )
+            return
+        if self.importance_file is None:
+            self.fail(
+                "importance_file",
+                f"a saved importance file with importance_source={self.importance_source}",
+                None,
+            )
+        self.read_file()
+
+    def read_file(self) -> Importance:
+        """The importance in ``importance_file``, checked to be MAS's and, for ``train+file``,
+        of the kind the task's own Ω has (:class:`ConfigError` otherwise)."""
+        assert self.importance_file is not None
+        try:
+            saved = Importance.load(self.importance_file)
+        except DataError as exc:
+            self.fail("importance_file", "a readable importance file", f"{exc}")
+        wanted = {"method": "mas", "granularity": self.granularity, "norm": self.norm}
+        if self.importance_source == "file":
+            wanted = {"method": "mas"}
+        else:
+            wanted["mode"] = "eval"
+        wrong = {k: saved.meta.get(k) for k, v in wanted.items() if saved.meta.get(k) != v}
+        if wrong:
+            self.fail(
+                "importance_file",
+                "a file of MAS importance of kind "
+                + "/".join(str(v) for v in wanted.values())
+                + f" (its {', '.join(f'{k} is {v}' for k, v in wrong.items())})",
+                self.importance_file,
+            )
+        return saved
 
 
 class MAS(QuadraticRegulariser):
@@ -96,6 +174,26 @@ class MAS(QuadraticRegulariser):
     name = "mas"
     Options = MASOptions
     opts: MASOptions
+    _file: Importance | None = None
+
+    def _file_task(self, seen: Sequence[Task]) -> bool:
+        """Whether Ω after the current task (the last of ``seen``) reads the file."""
+        return self.opts.importance_source != "train" and len(seen) - 1 == (
+            self.opts.importance_file_task
+        )
+
+    def before_task(self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]) -> None:
+        """Before the task whose Ω reads the file: read it, checked against the model, so that a
+        file that does not fit fails before the task trains."""
+        if self._file_task(seen):
+            saved = self.opts.read_file()
+            try:
+                saved.check_fits(model, source=str(self.opts.importance_file))
+            except DataError as exc:
+                raise ConfigError(f"mas: option importance_file: {exc}") from None
+            device = model.device
+            sums = {name: value.to(device) for name, value in saved.sums.items()}
+            self._file = Importance(sums, saved.counts, saved.n_samples, saved.meta)
 
     def importance_data(self, task: Task) -> LabelledData:
         """The data whose (unlabelled, unaugmented) inputs Ω is computed on."""
@@ -109,6 +207,20 @@ class MAS(QuadraticRegulariser):
     def importance(
         self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]
     ) -> Mapping[str, torch.Tensor]:
+        if self._file_task(seen):
+            if self._file is None:  # after_task without before_task (a loop of one's own)
+                self.before_task(model, task, seen)
+            assert self._file is not None
+            saved, self._file = self._file, None
+            if self.opts.importance_source == "file":
+                return saved
+            return self.data_importance(model, task, seen).merge(saved)
+        return self.data_importance(model, task, seen)
+
+    def data_importance(
+        self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]
+    ) -> Importance:
+        """Ω_new from the task's ``importance_data``."""
         heads = (
             [task.head]
             if self.opts.heads == "current"
