@@ -28,6 +28,13 @@ $(VENV)/.photos: $(BIN)/python
 	$(BIN)/pip install -q --no-deps scikit-learn==1.9.1
 	touch $@
 
+# The `lightning` and `hf` extras (MAS inside Lightning and the Hugging Face Trainer, tested by
+# tests/test_integrations.py), with requirements.txt's pins as constraints: torch stays the CPU
+# wheel and torchvision is not pulled. About 70 s (3 minutes on a busy 2-core machine).
+$(VENV)/.integrations: $(VENV)/.installed requirements-integrations.txt
+	$(BIN)/pip install -q -r requirements-integrations.txt
+	touch $@
+
 $(VENV)/.installed: $(BIN)/python requirements.txt pyproject.toml
 	$(BIN)/pip install -q -r requirements.txt
 	$(BIN)/pip install -q --no-deps -e .
@@ -42,10 +49,10 @@ venv: $(VENV)/.installed $(VENV)/.data $(VENV)/.pretrained
 demo: venv
 	$(BIN)/memaware run --out $(OUT)
 
-test: $(VENV)/.test-installed $(VENV)/.data $(VENV)/.pretrained $(VENV)/.photos
+test: $(VENV)/.test-installed $(VENV)/.data $(VENV)/.pretrained $(VENV)/.photos $(VENV)/.integrations
 	$(BIN)/python -m pytest -q
 
-lint: $(VENV)/.test-installed
+lint: $(VENV)/.test-installed $(VENV)/.integrations
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/mypy
 

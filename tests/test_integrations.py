@@ -389,6 +389,12 @@ def test_hf_engine_is_exact_per_sample_on_a_tiny_bert() -> None:
         if name.endswith("key.bias"):
             assert float(got[name].abs().max()) < 1e-9 and float(want.pop(name).abs().max()) < 1e-9
     assert_close({n: got[n] for n in want}, want, 1e-4)
+    # with BERT's default position ids given per sequence, the position embedding takes the
+    # embedding rule instead of the graph path: the same Ω
+    batch = next(data.unlabelled(12))
+    batch["position_ids"] = torch.arange(8).expand(12, 8)
+    fast = MASRegulariser().importance(model, [batch])
+    assert_close({n: fast[n] for n in want}, want, 1e-4)
 
 
 @needs_hf

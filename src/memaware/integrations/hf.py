@@ -38,11 +38,18 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_callback import CallbackHandler
 
 from memaware.errors import ConfigError
 from memaware.importance import Importance
 from memaware.integrations.core import MASRegulariser, Outputs
 from memaware.methods.mas import MASOptions
+
+if not hasattr(CallbackHandler, "on_pre_optimizer_step"):  # an old Trainer would never call it
+    raise ImportError(
+        "memaware.integrations.hf needs a transformers whose Trainer has on_pre_optimizer_step "
+        "(4.47 or later): pip install 'memaware[hf]'"
+    )
 
 #: where Ω is computed at the end of each ``train()``: batches, ``"train"``, a function of the
 #: callback's keyword arguments (``args``, ``state``, ``model``, ``train_dataloader``, ...), or None
