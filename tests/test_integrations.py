@@ -97,10 +97,12 @@ def test_core_accumulates_anchors_and_applies_the_gradient() -> None:
 
 
 def test_core_refuses_options_that_name_memaware_s_own_data() -> None:
-    with pytest.raises(ConfigError, match="heads"):
+    with pytest.raises(ConfigError, match="heads=current"):
         MASRegulariser(heads="current")
-    with pytest.raises(ConfigError, match="importance_data"):
+    with pytest.raises(ConfigError, match="importance_data=test"):
         MASRegulariser(importance_data="test")
+    with pytest.raises(ConfigError, match="heads=current"):
+        MASRegulariser(importance_preset="authors")
     with pytest.raises(ConfigError, match="strength"):
         MASRegulariser(strength=-1.0)
     core = MASRegulariser()
@@ -482,3 +484,22 @@ def test_hf_trainer_default_data_is_the_training_loader_without_labels(tmp_path:
     args.fp16 = True  # set after construction: fp16 is refused on the CPU before any callback
     with pytest.raises(ConfigError, match="fp16"):
         callback.on_train_begin(args, None, None, model=model)  # type: ignore[arg-type]
+
+
+@needs_lightning
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
+def test_lightning_half_precision(domain_tasks: tuple[Task, ...], precision: str) -> None:
+    from memaware.integrations.lightning import MASCallback
+
+    torch.manual_seed(0)
+    module = lightning_net()
+    callback = MASCallback(strength=1.0)
+    probe = GradientProbe()
+    fit(module, domain_tasks[0], [callback], n=256, precision=precision)
+    fit(module, domain_tasks[1], [callback, probe], n=256, precision=precision)
+    # the importance pass read the batches in the precision's dtype; Ω is kept in float32
+    assert callback.regulariser.tasks == 2 and callback.regulariser.omega is not None
+    for value in callback.regulariser.omega.values():
+        assert value.dtype == torch.float32 and bool(torch.isfinite(value).all())
+    moved = probe.steps[-1]
+    assert any(not torch.equal(moved["total"][n], moved["task"][n]) for n in moved["task"])

@@ -21,6 +21,7 @@ where the output is a model-output object (a Hugging Face ``ModelOutput``).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -37,6 +38,21 @@ from memaware.penalties import QuadraticPenalty
 #: F(model, inputs): ``inputs`` is a batch's input tensor, or its mapping of named tensors; the
 #: result is the output tensor or an object with a ``logits`` tensor.
 Outputs = Callable[[nn.Module, Any], Any]
+
+#: the fields of :class:`~memaware.methods.mas.MASOptions` that apply outside memaware's own task
+#: loop; the others (the heads F reads, which task data Ω reads, an importance file) must keep
+#: their defaults, since here the caller chooses F and the data
+USED_OPTIONS: frozenset[str] = frozenset(
+    {
+        "strength",
+        "granularity",
+        "norm",
+        "accumulation",
+        "alpha",
+        "max_samples",
+        "importance_batch_size",
+    }
+)
 
 #: keys of a mapping batch that hold labels, not inputs: dropped before F is computed
 LABEL_KEYS: tuple[str, ...] = ("labels", "label", "label_ids")
@@ -143,16 +159,14 @@ class MASRegulariser:
             raise TypeError(f"options must be MASOptions, got {options!r}")
         built: MethodOptions = build(MASOptions, fields, options)
         assert isinstance(built, MASOptions)
-        if built.heads != "learned":
-            raise ConfigError(
-                f"mas: option heads={built.heads} selects heads of memaware's own models; here F is "
-                "the model's output, or what outputs=lambda model, inputs: ... returns"
-            )
-        if built.importance_data != "train":
-            raise ConfigError(
-                f"mas: option importance_data={built.importance_data} names memaware's own task "
-                "data; here Ω is computed on the data given to consolidate (or the callback's data=)"
-            )
+        for option in dataclasses.fields(MASOptions):
+            value = getattr(built, option.name)
+            if option.name not in USED_OPTIONS and value != option.default:
+                raise ConfigError(
+                    f"mas: option {option.name}={value} is for memaware's own task loop; here Ω "
+                    "is computed on the data given to consolidate (or a callback's data=) and F "
+                    "is the model's output or outputs=lambda model, inputs: ..."
+                )
         self.opts = built
         self.omega: dict[str, torch.Tensor] | None = None
         self.last: Importance | None = None

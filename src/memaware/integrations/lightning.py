@@ -121,7 +121,12 @@ class MASCallback(Callback):
             data = self.data(trainer, pl_module)
         else:
             data = self.data
-        self.consolidate(pl_module, data)
+        if isinstance(data, torch.Tensor):
+            data = torch.split(data, self.regulariser.opts.importance_batch_size)
+        # the batches as training step receives them: floating inputs in the precision's dtype
+        # (bf16-true, 16-true); unchanged under mixed and 32-bit precision
+        convert = trainer.precision_plugin.convert_input
+        self.consolidate(pl_module, (convert(batch) for batch in data))
 
     def consolidate(
         self,
@@ -131,8 +136,9 @@ class MASCallback(Callback):
     ) -> Importance:
         """End of a task: Ω ← Ω + Ω_new on ``data`` (labels ignored), θ* ← θ; returns Ω_new.
 
-        Called at the end of each fit with the callback's ``data``; call it yourself (with
-        ``data=None``) to choose the data after the fit. ``outputs`` defaults to the callback's.
+        Called at the end of each fit with the callback's ``data`` (its floating inputs cast as
+        the fit's precision casts a training batch); call it yourself (with ``data=None``) to
+        choose the data after the fit, in the model's dtype. ``outputs`` defaults to the callback's.
         """
         return self.regulariser.consolidate(pl_module, data, outputs or self.outputs)
 
