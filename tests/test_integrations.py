@@ -106,6 +106,8 @@ def test_core_refuses_options_that_name_memaware_s_own_data() -> None:
     with pytest.raises(ConfigError, match="strength"):
         MASRegulariser(strength=-1.0)
     core = MASRegulariser()
+    with pytest.raises(ConfigError, match="no input"):
+        core.consolidate(nn.Linear(3, 2), iter([]))
     core.consolidate(nn.Linear(3, 2), [torch.randn(4, 3)])
     with pytest.raises(ConfigError, match="another model"):
         core.attach(nn.Linear(3, 2))

@@ -200,6 +200,11 @@ class MASRegulariser:
         have no Ω_new; those added since the last consolidation join the penalty now.
         """
         new = self.importance(model, data, outputs)
+        if not new.n_samples:
+            raise ConfigError(
+                "the importance data yielded no input (an iterator already used up by an "
+                "earlier task?): give batches that can be read once per task"
+            )
         if not len(new):
             raise ConfigError("no trainable parameter of the model reaches F: nothing to protect")
         self.omega = accumulate(self.omega, new, rule=self.opts.accumulation, alpha=self.opts.alpha)

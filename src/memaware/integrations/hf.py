@@ -109,6 +109,12 @@ class MASTrainerCallback(TrainerCallback):
                 "MASTrainerCallback does not support DeepSpeed, which owns the gradients and the "
                 "optimizer step"
             )
+        if isinstance(self.data, str) and args.world_size > 1:
+            raise ConfigError(
+                "with several processes each one's training loader holds its own shard, and Ω "
+                "(so the penalty) would differ between them: give MASTrainerCallback(data=...) "
+                "the same batches on every process"
+            )
         if model is not None:
             self.regulariser.attach(model)
 

@@ -105,6 +105,12 @@ class MASCallback(Callback):
                 "precision='16-mixed'), after MAS would add the penalty's gradient: use an "
                 "unfused optimizer, or precision='bf16-mixed' or '32-true'"
             )
+        if isinstance(self.data, str) and trainer.world_size > 1:
+            raise ConfigError(
+                "with several processes each one's training loader holds its own shard, and Ω "
+                "(so the penalty) would differ between them: give MASCallback(data=...) the same "
+                "batches on every process"
+            )
         self.regulariser.attach(pl_module)
 
     def on_before_optimizer_step(
