@@ -144,8 +144,9 @@ class MASRegulariser:
     ``strength`` (λ), ``granularity`` (``sample``: the exact per-sample Ω; ``batch``: the authors'
     estimator over the data's own batches), ``norm``, ``accumulation`` and ``alpha``,
     ``max_samples`` (inputs per consolidation), and ``importance_batch_size`` (the batches a tensor
-    of inputs is split into). The data and F are the caller's (:meth:`consolidate`), so the
-    built-in runner's ``heads="current"`` and ``importance_data`` other than ``train`` are refused:
+    of inputs is split into): :data:`USED_OPTIONS`. The data and F are the caller's
+    (:meth:`consolidate`), so the options of memaware's own task loop (``heads``,
+    ``importance_data``, ``importance_source``, ...) are refused unless left at their defaults:
     choose F with ``outputs=`` and the data with ``data``.
 
     Attributes: ``opts``; ``omega`` (the accumulated Ω, ``None`` before the first consolidation);
