@@ -1,6 +1,6 @@
 """The benchmarks compare like with like: the bare script of ``bench training`` is the same run
-as memaware's MAS with the batched importance, and ``bench importance``'s penalty timing runs the
-training loop's own step."""
+as memaware's MAS with the batched importance, ``bench importance``'s penalty timing runs the
+training loop's own step, and ``bench backbone``'s two training sides end with the same weights."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from helpers import small_split_mnist
+from memaware.bench.backbone import MODELS, Size, TrainingPair, importance_runs, prepare
 from memaware.bench.importance import penalty_overhead
 from memaware.bench.training import bare_mas_run, memaware_mas_run
 from memaware.cli.main import main
@@ -48,3 +49,58 @@ def test_bench_training_command(capsys: pytest.CaptureFixture[str]) -> None:
     out = json.loads(capsys.readouterr().out)
     assert out["memaware_over_bare"] > 0 and out["bare_s"] > 0
     assert out["memaware_average_accuracy"] > 0.95 and out["bare_average_accuracy"] > 0.95
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_backbone_sides_compute_the_same(name: str) -> None:
+    """Two runs of 2 MAS steps each side: equal weights, moved off θ* (the penalty acts); Ω exact
+    >= batched elementwise (the triangle inequality), equal for batches of one."""
+    prepared = prepare(name, Size(image_size=32, batch_size=2, steps=2), torch.device("cpu"))
+    pair = TrainingPair(prepared)
+    for _ in range(2):
+        pair.memaware()
+        pair.bare()
+    assert pair.max_abs_difference() <= 1e-8  # dropping the penalty's gradient moves it by 1e-6
+    penalty = prepared.method.penalty
+    assert penalty is not None and float(penalty().detach()) > 0
+    exact, batched = (run() for run in importance_runs(prepared.model, prepared.x, 2))
+    assert set(exact) == set(batched) == {n for n, _ in prepared.model.named_parameters()}
+    for param, value in exact.items():
+        assert bool((value >= batched[param] * (1 - 1e-5) - 1e-9).all()), param
+    assert any(bool((exact[p] > batched[p] * 1.01).any()) for p in exact)  # not all equal
+    exact, batched = (run() for run in importance_runs(prepared.model, prepared.x, 1))
+    for param, value in exact.items():
+        torch.testing.assert_close(value, batched[param], rtol=1e-4, atol=1e-8, msg=param)
+
+
+def test_bench_backbone_command(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--steps", "1", "--batch-size", "2", "--image-size", "32", "--repeats", "1"]
+    assert main(["bench", "backbone", "--json", *argv]) == 0
+    out = json.loads(capsys.readouterr().out)
+    per_model = {
+        "image_size",
+        "batch_size",
+        "steps",
+        "train_step_s_memaware",
+        "train_step_s_bare",
+        "memaware_over_bare_train",
+        "params_max_abs_diff",
+        "importance_images",
+        "importance_s_exact",
+        "importance_s_batch",
+        "exact_over_batch",
+        "train_images_per_s",
+        "importance_images_per_s",
+    }
+    expected = {"device", "threads", "repeats", "inputs", "optimizer"}
+    expected |= {"memaware_over_bare_train", "memaware_over_bare_train_worst"}
+    expected |= {f"{key}_{label}" for key in per_model for label in MODELS.values()}
+    assert set(out) == expected
+    assert out["device"] == "cpu" and out["memaware_over_bare_train_worst"] in MODELS.values()
+    assert (out["image_size_efficientnet"], out["image_size_resnet18"]) == (32, 32)
+    for label in MODELS.values():
+        assert out[f"params_max_abs_diff_{label}"] <= 1e-6
+        assert out[f"exact_over_batch_{label}"] > 0 and out[f"train_images_per_s_{label}"] > 0
+    assert out["memaware_over_bare_train"] == max(
+        out[f"memaware_over_bare_train_{label}"] for label in MODELS.values()
+    )

@@ -10,8 +10,10 @@ initial weights and the same batch order, and evaluate every task seen after eac
   batched importance Ω = Σ_batches |∂ Σ_k ‖F(x_k)‖²/∂θ| / N and the penalty as a plain loss term.
 
 The standing goal is ``memaware_over_bare`` <= 1.2. Runs alternate between the two sides and the
-ratio is the median of the per-pair ratios (see :func:`~memaware.bench.timing.paired`).
-Run: ``memaware bench training [--json] [--epochs E] [--repeats R]``.
+ratio is the median of the per-pair ratios (see :func:`~memaware.bench.timing.paired`). With
+``--device`` both sides train and evaluate there, the data moved there once before the timing;
+each run ends by reading its accuracies to the host, which waits for the device's queued work.
+Run: ``memaware bench training [--json] [--device D] [--epochs E] [--repeats R]``.
 """
 
 from __future__ import annotations
@@ -33,17 +35,24 @@ from memaware.data.scenarios import Scenario, split_scenario
 from memaware.methods.mas import MAS, MASOptions
 from memaware.models import build_model
 from memaware.training import TrainConfig, run_method
+from memaware.training.config import resolve_device
 
 IMPORTANCE_BATCH = MASOptions.importance_batch_size  # the authors' batch size for Ω
 
 
 def bare_mas_run(
-    scenario: Scenario, epochs: int, strength: float, seed: int = 0, lr: float = 1e-3
+    scenario: Scenario,
+    epochs: int,
+    strength: float,
+    seed: int = 0,
+    lr: float = 1e-3,
+    device: torch.device | str = "cpu",
 ) -> np.ndarray:
     """MAS written as a plain PyTorch script; returns the accuracy matrix R[i, j] (NaN for j > i).
 
     Same model construction order, batch order and evaluation as :func:`run_method`, so that
     the two sides do the same work; only the importance differs (batched here, exact there).
+    The model is built on the CPU and moved to ``device``, where the scenario's data should be.
     """
     torch.manual_seed(seed)
     sizes = (scenario.tasks[0].train_x[0].numel(), 400, 400)
@@ -53,7 +62,7 @@ def bare_mas_run(
         nn.ReLU(),
         nn.Linear(sizes[1], sizes[2]),
         nn.ReLU(),
-    )
+    ).to(device)
     heads = nn.ModuleList()
     generator = torch.Generator().manual_seed(seed)
     optimizer: torch.optim.Optimizer | None = None
@@ -62,7 +71,7 @@ def bare_mas_run(
     n = len(scenario.tasks)
     accuracy = np.full((n, n), np.nan)
     for i, task in enumerate(scenario.tasks):
-        head = nn.Linear(sizes[-1], task.n_classes)
+        head = nn.Linear(sizes[-1], task.n_classes).to(device)
         heads.append(head)
         if optimizer is None:
             optimizer = torch.optim.Adam([*backbone.parameters(), *head.parameters()], lr=lr)
@@ -71,7 +80,8 @@ def bare_mas_run(
         params = [*backbone.parameters(), *heads.parameters()]
         backbone.train()
         for _ in range(epochs):
-            for index in torch.split(torch.randperm(len(task.train_y), generator=generator), 128):
+            order = torch.randperm(len(task.train_y), generator=generator).to(device)
+            for index in torch.split(order, 128):
                 loss = F.cross_entropy(head(backbone(task.train_x[index])), task.train_y[index])
                 if omega:
                     # Past heads get no gradient (so Adam leaves them as they are), as in
@@ -107,7 +117,12 @@ def bare_mas_run(
 
 
 def memaware_mas_run(
-    scenario: Scenario, epochs: int, strength: float, seed: int = 0, granularity: str = "sample"
+    scenario: Scenario,
+    epochs: int,
+    strength: float,
+    seed: int = 0,
+    granularity: str = "sample",
+    device: str = "cpu",
 ) -> np.ndarray:
     """The same run through :func:`run_method` and :class:`MAS`; returns the accuracy matrix."""
     method = MAS(strength=strength, granularity=granularity)
@@ -115,25 +130,29 @@ def memaware_mas_run(
         method,
         scenario,
         lambda: build_model("mlp", scenario.input_shape, (400, 400)),
-        TrainConfig(epochs=epochs, seed=seed),
+        TrainConfig(epochs=epochs, seed=seed, device=device),
     )
     return np.asarray(result.accuracy.values)
 
 
-def run(epochs: int = 4, repeats: int = 3, strength: float = 0.1) -> dict[str, Any]:
+def run(
+    epochs: int = 4, repeats: int = 3, strength: float = 0.1, device: str = "cpu"
+) -> dict[str, Any]:
     """Both sides on the full Split-MNIST (5 tasks); seconds, ratio and both average accuracies."""
-    scenario = split_scenario(load_mnist(), "task")
+    where = resolve_device(device)
+    scenario = split_scenario(load_mnist(), "task").to(where)
     last: dict[str, np.ndarray] = {}
 
     def keep(side: str, fn: Callable[[], np.ndarray]) -> Callable[[], None]:
         return lambda: last.__setitem__(side, fn())
 
     ours_s, bare_s, ratio = paired(
-        keep("memaware", partial(memaware_mas_run, scenario, epochs, strength)),
-        keep("bare", partial(bare_mas_run, scenario, epochs, strength)),
+        keep("memaware", partial(memaware_mas_run, scenario, epochs, strength, device=str(where))),
+        keep("bare", partial(bare_mas_run, scenario, epochs, strength, device=where)),
         repeats,
     )
     return {
+        "device": str(where),
         "epochs": epochs,
         "repeats": repeats,
         "threads": torch.get_num_threads(),
@@ -148,11 +167,12 @@ def run(epochs: int = 4, repeats: int = 3, strength: float = 0.1) -> dict[str, A
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="memaware bench training", description=__doc__)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps or auto")
     parser.add_argument("--epochs", type=int, default=4, help="epochs per task (default 4)")
     parser.add_argument("--repeats", type=int, default=3, help="timed pairs (median)")
     parser.add_argument("--strength", type=float, default=0.1, help="λ (the Split-MNIST preset)")
     args = parser.parse_args(argv)
-    result = run(args.epochs, args.repeats, args.strength)
+    result = run(args.epochs, args.repeats, args.strength, args.device)
     print_figures(result, as_json=args.json)
     return 0
 

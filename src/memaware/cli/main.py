@@ -13,7 +13,9 @@
 * ``memaware paper mnist-demo``: the Split-MNIST demo of the MAS authors' repository, with the
   notebook's numbers next to memaware's (:mod:`memaware.paper.mnist_demo`);
 * ``memaware bench importance``: speed of the importance engine;
-  ``memaware bench training``: a whole MAS run against a bare PyTorch script.
+  ``memaware bench training``: a whole MAS run against a bare PyTorch script;
+  ``memaware bench backbone``: MAS training steps and importance of EfficientNet-Lite0 and
+  ResNet-18 against bare PyTorch.
 """
 
 from __future__ import annotations
@@ -352,8 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="speed benchmarks, measured side by side")
     bench.add_argument(
         "target",
-        choices=("importance", "training"),
-        help="importance: the importance engine; training: a whole MAS run against a bare script",
+        choices=("importance", "training", "backbone"),
+        help="importance: the importance engine; training: a whole MAS run against a bare script; "
+        "backbone: MAS steps and importance of efficientnet-lite0 and resnet18 against bare PyTorch",
     )
     bench.add_argument(
         "rest", nargs=argparse.REMAINDER, help="options of the benchmark (see its --help)"
@@ -573,11 +576,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(options_table(args.methods or list(METHODS)), end="")
             return 0
         if args.command == "bench":
-            from memaware.bench import importance, training
+            from memaware.bench import backbone, importance, training
 
-            return {"importance": importance.main, "training": training.main}[args.target](
-                args.rest
-            )
+            benches = {
+                "importance": importance.main,
+                "training": training.main,
+                "backbone": backbone.main,
+            }
+            return benches[args.target](args.rest)
     except MemawareError as exc:
         print(f"memaware: error: {exc}", file=sys.stderr)
         return 2

@@ -29,7 +29,7 @@ batched backward pass per sample. It is taken for
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
@@ -90,7 +90,7 @@ class ExactEngine:
         while True:
             self._batch = {}
             self._run(x, objectives, self._scale)
-            if not self._overflows or all(torch.isfinite(v).all() for v in self._batch.values()):
+            if not self._overflows or _all_finite(self._batch.values()):
                 break
             self._scale /= 2.0**10
             if self._scale < 2.0**-100:
@@ -294,6 +294,12 @@ class ExactEngine:
                 if grad is not None:
                     grad = grad.to(compute_dtype(grad.dtype))
                     self._add(name, sum_over_samples(self.f, grad))
+
+
+def _all_finite(values: Iterable[torch.Tensor]) -> bool:
+    """Whether every entry of every tensor is finite, read back from the device once for all."""
+    flags = [torch.isfinite(value).all() for value in values]
+    return not flags or bool(torch.stack(flags).all())
 
 
 def _looped(
