@@ -12,6 +12,8 @@
   boundaries, read once; task-free methods never see the boundaries (:mod:`memaware.cli.stream`);
 * ``memaware paper mnist-demo``: the Split-MNIST demo of the MAS authors' repository, with the
   notebook's numbers next to memaware's (:mod:`memaware.paper.mnist_demo`);
+* ``memaware paper table2|table3|figure3``: the MAS paper's object-recognition experiments on
+  image folders, or on the offline stand-in (:mod:`memaware.paper.object_recognition`);
 * ``memaware bench importance``: speed of the importance engine;
   ``memaware bench training``: a whole MAS run against a bare PyTorch script;
   ``memaware bench backbone``: MAS training steps and importance of EfficientNet-Lite0 and
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +39,8 @@ from memaware.files import atomic_write_json
 from memaware.methods import METHODS, method_class, option_docs, parse_option
 from memaware.methods.options import PRESET_KEY, show
 from memaware.models import MODELS, models_table
-from memaware.paper import mnist_demo
+from memaware.paper import mnist_demo, object_recognition
+from memaware.paper.throughput import measure_throughput
 from memaware.reports import results_table, write_report
 from memaware.reports.markdown import presets_table
 from memaware.training.config import OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
@@ -350,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seeds", type=int, default=3, help="run seeds 0..N-1 (default 3)")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    for command in object_recognition.COMMANDS:
+        _add_object_recognition_parser(protocols, command)
 
     bench = commands.add_parser("bench", help="speed benchmarks, measured side by side")
     bench.add_argument(
@@ -362,6 +368,72 @@ def build_parser() -> argparse.ArgumentParser:
         "rest", nargs=argparse.REMAINDER, help="options of the benchmark (see its --help)"
     )
     return parser
+
+
+_OBJECT_RECOGNITION_HELP = {
+    "table2": "Table 2: two-task sequences A -> B with every method of the paper",
+    "table3": "Table 3: MAS and l-MAS with Ω from the first task's train data, test data or both",
+    "figure3": "Figure 3: a sequence of tasks with every method (bar charts of accuracy and drop)",
+}
+
+
+def _add_object_recognition_parser(protocols: Any, command: str) -> None:
+    """``memaware paper table2|table3|figure3``: the paper's protocol, overridable for a quick run."""
+    parser = protocols.add_parser(
+        command,
+        help=_OBJECT_RECOGNITION_HELP[command],
+        description=_OBJECT_RECOGNITION_HELP[command] + ". With --data-root: the paper's "
+        "protocol on image folders <root>/<name>/{train,val,test}/<class>/<image> (AlexNet with "
+        "--weights, else EfficientNet-Lite0; SGD momentum 0.9, batches of 200, 100 epochs, lr "
+        "4e-4 for the first task and 8e-4 after, x0.1 every 54 epochs, λ = 1, best epoch on "
+        "validation). Without: the offline stand-in (MNIST, Fashion-MNIST, Animal-MNIST and "
+        "scikit-learn's digits as small RGB tasks, src/memaware/configs/paper-standin.json).",
+        epilog=OPTIONS_HELP,
+    )
+    add = parser.add_argument
+    pairs = command != "figure3"
+    add("--data-root", default=None, help="the folder holding one image folder per task")
+    add(
+        "--tasks",
+        type=_name_list,
+        action="append",
+        default=[],
+        help="a pair A,B (repeat for more pairs)"
+        if pairs
+        else "the sequence t1,t2,...,tn; default without --data-root: the stand-in's",
+    )
+    if command != "table3":
+        add(
+            "--methods",
+            type=_name_list,
+            default=None,
+            help="comma list of methods (default: the paper's finetune, lwf, ebll, mean-imm, "
+            "mode-imm, ewc, si, mas)",
+        )
+    add("--seeds", type=int, default=1, help="run seeds 0..N-1 (default 1)")
+    _add_option_argument(parser)
+    _add_model_arguments(parser)
+    parser.set_defaults(model=None)
+    parser.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="random resized crops and flips of the training images (default: on with "
+        "--data-root; the stand-in's tensors are not augmented)",
+    )
+    add("--epochs", type=int, default=None, help="epochs of every task (default: the protocol's)")
+    add("--first-task-epochs", type=int, default=None, help="epochs of the first task")
+    add("--lr", type=float, default=None, help="learning rate of every task")
+    add("--first-task-lr", type=float, default=None, help="learning rate of the first task")
+    add("--lr-decay-epochs", type=int, default=None, help="period of the x0.1 step decay")
+    add("--batch-size", type=int, default=None, help="training batch size")
+    add("--device", default=None, help="default: auto with --data-root, cpu for the stand-in")
+    add("--amp", choices=PRECISIONS, default=None, help="mixed-precision training (default none)")
+    add("--workers", type=int, default=None, help="DataLoader workers for image folders")
+    add(
+        "--out", type=Path, default=None, help="output folder (default runs/paper-<command>-<time>)"
+    )
+    add("--no-progress", action="store_true", help="hide progress bars")
 
 
 def _experiment(args: argparse.Namespace, seeds: Sequence[int], command: str) -> int:
@@ -449,6 +521,8 @@ def _run_and_write(
 
 def _paper(args: argparse.Namespace) -> int:
     """``memaware paper mnist-demo``: run the demo, write the report and the notebook comparison."""
+    if args.protocol in object_recognition.COMMANDS:
+        return _object_recognition(args)
     if args.seeds < 1:
         raise MemawareError(f"--seeds must be at least 1, got {args.seeds}")
     spec = mnist_demo.demo_spec(range(args.seeds))
@@ -462,6 +536,54 @@ def _paper(args: argparse.Namespace) -> int:
     print(results_table(results))
     print(mnist_demo.comparison_report(results))
     print(f"report written to {out}/: " + ", ".join(p.name for p in paths))
+    return 0
+
+
+def _object_recognition(args: argparse.Namespace) -> int:
+    """``memaware paper table2|table3|figure3``: check, time the backbone, run, write the summary."""
+    command = args.protocol
+    if args.seeds < 1:
+        raise MemawareError(f"--seeds must be at least 1, got {args.seeds}")
+    protocol, preset = object_recognition.protocol_from(
+        args.data_root, args.model, args.weights, args.augment
+    )
+    protocol = object_recognition.with_overrides(
+        protocol,
+        _method_options(args.option),
+        epochs=args.epochs,
+        first_task_epochs=args.first_task_epochs,
+        lr=args.lr,
+        first_task_lr=args.first_task_lr,
+        lr_decay_epochs=args.lr_decay_epochs,
+        batch_size=args.batch_size,
+        device=args.device,
+        amp=args.amp,
+        workers=args.workers,
+    )
+    task_lists = object_recognition.check_tasks(command, args.tasks, preset)
+    methods = object_recognition.methods_of(command, getattr(args, "methods", None))
+    out = args.out or Path("runs") / f"paper-{command}-{time.strftime('%Y%m%d-%H%M%S')}"
+    planned = object_recognition.plan(
+        command, protocol, task_lists, methods, range(args.seeds), out
+    )
+    prepare_out_dir(out)
+    throughput = measure_throughput(planned[0].spec)
+    print(throughput.summary(), flush=True)
+    show_progress = not args.no_progress and sys.stderr.isatty()
+    results = []
+    for p in planned:
+        done, _ = _run_and_write(
+            p.spec, p.out, show_progress, lambda r: {**r, "throughput": throughput.to_json()}
+        )
+        results.append(done)
+    try:
+        markdown, paths = object_recognition.write_summary(
+            command, planned, results, methods, out, throughput
+        )
+    except OSError as exc:
+        raise MemawareError(f"cannot write the {command} summary to {out}/: {exc}") from exc
+    print(markdown)
+    print(f"{command} written to {out}/: " + ", ".join(p.name for p in paths))
     return 0
 
 

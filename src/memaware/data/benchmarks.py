@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from memaware.configs.standin import load_standin_preset
 from memaware.data.animal_mnist import load_animal_mnist
 from memaware.data.fashion_mnist import load_fashion_mnist
 from memaware.data.folders import folder_scenario
@@ -14,6 +15,7 @@ from memaware.data.mnist import load_mnist
 from memaware.data.registry import load_dataset
 from memaware.data.scenarios import Scenario, permuted_scenario, split_scenario, standardised
 from memaware.data.sequence import dataset_sequence
+from memaware.data.standin import check_standin_tasks, standin_scenario
 from memaware.data.transforms import Preprocessing
 from memaware.errors import ConfigError
 
@@ -117,6 +119,22 @@ def _folders(request: DataRequest) -> Scenario:
     )
 
 
+#: the offline stand-in for the MAS paper's object-recognition sequence
+STANDIN = "object-recognition-standin"
+
+
+def _standin(request: DataRequest) -> Scenario:
+    assert request.preprocessing is not None
+    preset = load_standin_preset()
+    return standin_scenario(
+        preset,
+        request.tasks or preset.sequence,
+        request.setting,
+        request.preprocessing,
+        seed=request.seed,
+    )
+
+
 BENCHMARKS: dict[str, Callable[[DataRequest], Scenario]] = {
     "split-mnist": _split("mnist"),
     "split-fashion-mnist": _split("fashion-mnist"),
@@ -129,6 +147,9 @@ BENCHMARKS: dict[str, Callable[[DataRequest], Scenario]] = {
     "split-cifar100": _equal_split("split-cifar100"),
     # one task per image folder <data_root>/<name>/{train,val,test}/<class>/<image>
     "folders": _folders,
+    # the MAS paper's object-recognition protocol offline: tasks of the stand-in preset
+    # (memaware.configs.standin), MNIST-family images and digits as small RGB images
+    STANDIN: _standin,
 }
 
 
@@ -142,7 +163,8 @@ class DataRequest:
     of Permuted-MNIST (default 10) and the number of equal tasks of Split-CIFAR-10 (default 5)
     and Split-CIFAR-100 (default 10), ``None`` taking the default. ``folders`` reads
     ``data_root`` / each of ``tasks``, decoded with the model's ``preprocessing`` and, for
-    training, augmented when ``augment``.
+    training, augmented when ``augment``; the stand-in takes ``tasks`` of its preset (default:
+    the preset's sequence), normalised by ``preprocessing``.
     """
 
     setting: str = "task"
@@ -185,7 +207,12 @@ def check_benchmark(benchmark: str, request: DataRequest = DataRequest()) -> Non
         if request.preprocessing is None:
             raise ConfigError("the folders benchmark needs the model's preprocessing")
         return
-    if request.data_root is not None or request.tasks:
+    standin = benchmark == STANDIN
+    if standin:
+        if request.preprocessing is None:
+            raise ConfigError("the stand-in benchmark needs the model's preprocessing")
+        check_standin_tasks(load_standin_preset(), request.tasks)
+    if request.data_root is not None or (request.tasks and not standin):
         raise ConfigError(
             f"--data-root and --tasks name the image folders of the folders benchmark, not of "
             f"{benchmark} (its files are found in --data-dir or its package)"

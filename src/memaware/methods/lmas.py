@@ -1,6 +1,7 @@
 """l-MAS, the local (Hebbian) variant of Memory Aware Synapses (Aljundi et al., ECCV 2018, §4.3).
 
-After each task t, on unlabelled training inputs of that task, every linear or convolutional
+After each task t, on unlabelled inputs of that task (its training inputs, or with
+``importance_data`` its test inputs or both, as MAS), every linear or convolutional
 layer l is scored alone, with input a and F_l its own output y as the network computes it:
 
     Ω_new,ij = (1/N) Σ_k |∂‖y^k‖²/∂θ_ij| = (1/N) Σ_k |2 · y_i^k · a_j^k|
@@ -21,13 +22,13 @@ a head created for a new task has no Ω and is free while its task is learned.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
-from memaware.data.datasets import batches, for_evaluation
+from memaware.data.datasets import batches, concat, for_evaluation
 from memaware.data.scenarios import SETTINGS, Setting, Task
 from memaware.importance import local_mas
 from memaware.methods.regulariser import AccumulatedOptions, QuadraticRegulariser
@@ -56,6 +57,11 @@ class LocalMASOptions(AccumulatedOptions):
 
     method = "l-mas"
 
+    importance_data: Literal["train", "test", "train+test"] = field(
+        default="train",
+        metadata={"help": "the finished task's inputs Ω is computed on (unlabelled)"},
+    )
+
 
 class LocalMAS(QuadraticRegulariser):
     """l-MAS: Ω from the co-activations of the neurons each weight connects."""
@@ -68,10 +74,17 @@ class LocalMAS(QuadraticRegulariser):
     def importance(
         self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]
     ) -> Mapping[str, torch.Tensor]:
+        parts = {
+            "train": [task.train],
+            "test": [task.test],
+            "train+test": [task.train, task.test],
+        }[self.opts.importance_data]
         omega = local_mas(
             _HeadView(model, task.head),
             batches(
-                for_evaluation(task.train), self.opts.importance_batch_size, device=model.device
+                concat([for_evaluation(d) for d in parts]),
+                self.opts.importance_batch_size,
+                device=model.device,
             ),
             max_samples=self.opts.max_samples,
         )
