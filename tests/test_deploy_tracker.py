@@ -182,6 +182,27 @@ def test_each_input_is_measured_at_the_weights_that_served_it(images: torch.Tens
     assert_same_importance(omega, want)
 
 
+def test_a_head_added_or_a_tensor_replaced_while_serving_is_seen(images: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    model = build_model("mlp", (1, 28, 28), (32,))
+    model.add_head(0, 2)
+    tracker = ImportanceTracker(model, batch_size=256, max_delay=60)
+    with tracker, torch.inference_mode():
+        model(images[:40], 0)
+        with torch.inference_mode(False):
+            model.add_head(1, 3)  # a registration: the next served call copies the model again
+        model(images[40:100], 1)
+        weight = next(model.backbone.parameters())
+        with torch.inference_mode(False):
+            weight.data = weight.data * 0.5  # a new storage, no version bump
+        model(images[100:160], 1)
+        omega = tracker.importance()
+    assert tracker.passes == 3  # three states of the model, each counted on its own copy
+    # a parameter's count is every sample since it exists, reached or not (Ω's 1/N)
+    assert omega.counts["heads.0.weight"] == 160
+    assert omega.counts["heads.1.weight"] == 120
+
+
 def test_a_multi_head_model_counts_each_call_with_its_own_head(images: torch.Tensor) -> None:
     torch.manual_seed(0)
     model = build_model("mlp", (1, 28, 28), (32,))

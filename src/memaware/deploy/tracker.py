@@ -20,8 +20,9 @@ How it stays out of the served call's way:
 * **The served call is not changed.** :meth:`ImportanceTracker.attach` registers a forward
   pre-hook and a forward hook on the model's root module; neither returns anything, so the
   output is the model's own object, bit for bit. Whether a sample is counted is drawn per
-  sample, Bernoulli(``fraction``), from the tracker's own ``torch.Generator`` (seeded by
-  ``seed``): the model's and torch's global random streams are not touched.
+  sample, Bernoulli(``fraction``), from the tracker's own generator (numpy's, seeded by
+  ``seed``; a draw costs microseconds): the model's and torch's random streams are not
+  touched.
 * **No autograd work on the served forward.** The pre-hook copies the counted rows of the input
   out (``index_select``/``clone`` under ``torch.inference_mode(False)``, so that inputs of an
   ``inference_mode`` server become ordinary tensors); the forward hook, once the forward has
@@ -36,7 +37,9 @@ How it stays out of the served call's way:
   (online fine-tuning, ``load_state_dict``, a new head). A model served in train mode whose
   BatchNorm statistics move at every call is copied at every counted call.
 * **Batched in the background.** The worker gathers counted inputs into batches of up to
-  ``batch_size`` (waiting at most ``max_delay`` seconds for a batch to fill), per copy of the
+  ``batch_size`` (waiting about ``max_delay`` seconds, at most twice that, for a batch to
+  fill: an idle worker looks at its queue every ``max_delay`` seconds, and is woken early
+  only by a full batch, a flush or a detach), per copy of the
   weights and per value of the call's other arguments (the head id of a multi-head model), so
   that a fraction of 0.01 does not pay the engine's per-call cost for every sample. At most
   ``max_pending`` samples wait: when the worker falls behind, the serving call waits for room
@@ -67,6 +70,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
+import sys
 import threading
 import time
 from collections import deque
@@ -76,6 +81,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
@@ -117,10 +123,51 @@ class _Item:
         return int(self.x.shape[0])
 
 
-def _fingerprint(model: nn.Module) -> tuple[Any, ...]:
-    """Changes whenever a parameter or buffer is replaced, modified in place or (un)frozen."""
-    params = tuple((id(p), p._version, p.requires_grad) for p in model.parameters())
-    return params + tuple((id(b), b._version) for b in model.buffers())
+#: registrations of a parameter, buffer or submodule on any module so far (see _watch_structure)
+_registrations = 0
+_watching = threading.Lock()
+_watched = False
+
+
+def _count_registration(*args: Any) -> None:
+    global _registrations
+    _registrations += 1
+
+
+def _watch_structure() -> None:
+    """Count every registration of a parameter, buffer or module in the process, once.
+
+    Replacing a parameter or adding a head goes through a registration; with its count, a
+    served call tells that the model's structure may have changed without walking the model.
+    """
+    global _watched
+    with _watching:
+        if not _watched:
+            mod = torch.nn.modules.module
+            mod.register_module_parameter_registration_hook(_count_registration)
+            mod.register_module_buffer_registration_hook(_count_registration)
+            mod.register_module_module_registration_hook(_count_registration)
+            _watched = True
+
+
+def _structure(model: nn.Module) -> tuple[tuple[str, int], ...]:
+    """The names and identities of the model's parameters and buffers."""
+    named = [*model.named_parameters(), *model.named_buffers()]
+    return tuple((name, id(t)) for name, t in named)
+
+
+def _weights(model: nn.Module) -> list[tuple[torch.Tensor, int, int, bool]]:
+    """Every parameter and buffer with its in-place version, storage and ``requires_grad``."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return [(t, t._version, t.data_ptr(), t.requires_grad) for t in tensors]
+
+
+def _changed(weights: list[tuple[torch.Tensor, int, int, bool]]) -> bool:
+    """Whether a tensor of :func:`_weights` was modified in place, re-pointed or (un)frozen."""
+    return any(
+        t._version != version or t.data_ptr() != pointer or t.requires_grad != grad
+        for t, version, pointer, grad in weights
+    )
 
 
 def _key(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Hashable | None:
@@ -169,6 +216,8 @@ class ImportanceTracker:
             were counted since (> 0; needs ``path``).
         resume: start from the importance in ``path`` when the file exists (its kind and
             parameter names must fit).
+        niceness: on Linux, the worker thread's nice value is raised by this much (0: left as
+            it is), so that it counts on CPU time the serving threads leave.
     """
 
     def __init__(
@@ -189,8 +238,11 @@ class ImportanceTracker:
         save_every: int | None = None,
         save_interval: float | None = None,
         resume: bool = False,
+        niceness: int = 10,
     ) -> None:
         _check(model, fraction, seed, batch_size, max_delay, max_pending, when_full, mode)
+        if isinstance(niceness, bool) or not isinstance(niceness, int) or niceness < 0:
+            raise ConfigError(f"niceness must be an integer >= 0, got {niceness!r}")
         output_objectives(norm, outputs or (lambda m, x: x))  # an unknown norm fails now
         if path is None and (save_every is not None or save_interval is not None or resume):
             raise ConfigError("save_every, save_interval and resume need a path to save to")
@@ -212,9 +264,10 @@ class ImportanceTracker:
         self.path = Path(path) if path is not None else None
         self.save_every = save_every
         self.save_interval = save_interval
+        self.niceness = niceness
         self.meta = {"method": "mas", "granularity": "sample", "norm": norm, "mode": mode}
 
-        self._generator = torch.Generator().manual_seed(seed)
+        self._generator = np.random.default_rng(seed)
         self._draw_lock = threading.Lock()  # the generator and the snapshot
         self._cv = threading.Condition()  # the queue, the counters, the error
         self._state_lock = threading.Lock()  # the sums
@@ -229,7 +282,10 @@ class ImportanceTracker:
         self._worker: threading.Thread | None = None
         self._handles: list[RemovableHandle] = []
         self._snapshot: _Snapshot | None = None
-        self._fingerprint: tuple[Any, ...] | None = None
+        # the served model's tensors when the snapshot was taken, and the registrations then
+        self._weights: list[tuple[torch.Tensor, int, int, bool]] = []
+        self._registrations = -1
+        self._structure: tuple[tuple[str, int], ...] = ()
 
         self._sums: dict[str, torch.Tensor] = {}
         self._seen: dict[str, int] = {}  # samples counted while the parameter was in the model
@@ -280,6 +336,7 @@ class ImportanceTracker:
             )
         with self._cv:
             self._stopping = False
+        _watch_structure()
         tracker = self
 
         # Plain closures, not bound methods: copy.deepcopy of the model copies its hook dicts,
@@ -422,20 +479,24 @@ class ImportanceTracker:
                 index = None
                 drawn = n
             else:
-                index = torch.nonzero(
-                    torch.rand(n, generator=self._generator) < self.fraction
-                ).squeeze(1)
+                # numpy's generator: a draw costs a few microseconds, torch's several times more
+                index = torch.from_numpy(np.flatnonzero(self._generator.random(n) < self.fraction))
                 drawn = int(index.numel())
             if drawn == 0:
                 return None
             self.drawn += drawn
-            if _fingerprint(self.model) != self._fingerprint:
+            if self._registrations != _registrations:  # something, somewhere, was registered
+                if _structure(self.model) != self._structure:
+                    self._refresh()
+                self._registrations = _registrations
+            if _changed(self._weights):
                 self._refresh()
             snapshot = self._snapshot
         assert snapshot is not None
         # Inputs of an inference_mode server are inference tensors, which autograd cannot use:
-        # the copies made here, outside inference mode, are ordinary tensors.
-        with torch.inference_mode(False), torch.no_grad():
+        # the copies made here, outside inference mode, are ordinary tensors (of detached ones,
+        # so that no autograd node is recorded).
+        with torch.inference_mode(False):
             rows = _rows(x, index, n)
             rest = tuple(_rows(a, index, n) for a in args[1:])
             named = {k: _rows(v, index, n) for k, v in kwargs.items()}
@@ -458,7 +519,9 @@ class ImportanceTracker:
             param.grad = None
         private.train(self.mode == "train")
         self._snapshot = _Snapshot(private)
-        self._fingerprint = _fingerprint(self.model)
+        self._registrations = _registrations
+        self._weights = _weights(self.model)
+        self._structure = _structure(self.model)
 
     def _after(self, module: nn.Module, output: Any) -> None:
         """Hand the rows drawn before this forward to the worker (after it returned)."""
@@ -482,18 +545,25 @@ class ImportanceTracker:
             if self._pending_samples and self._pending_samples + item.n > self.max_pending:
                 self.dropped += item.n
                 return
-            first = not self._pending
             self._pending.append(item)
             self._pending_samples += item.n
             self._submitted += item.n
-            # the worker wakes for a full batch, and for the first waiting sample, to time
-            # max_delay from it
-            if first or self._pending_samples >= self.batch_size:
+            # woken for a full batch only: an idle worker looks every max_delay seconds itself,
+            # so that a served call does not hand the interpreter lock over for every sample
+            if self._pending_samples >= self.batch_size:
                 self._cv.notify_all()
 
     # -- the worker ---------------------------------------------------------------------------
 
     def _work(self) -> None:
+        if self.niceness and hasattr(os, "setpriority") and sys.platform.startswith("linux"):
+            # Linux schedules threads one by one: lower this one's priority (and that of the
+            # intra-op threads it starts, which inherit it), so it counts on spare CPU first
+            with contextlib.suppress(OSError):
+                tid = threading.get_native_id()
+                os.setpriority(
+                    os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + self.niceness
+                )
         while True:
             with self._cv:
                 items = self._next_batch()
@@ -529,10 +599,10 @@ class ImportanceTracker:
                 return None
             if self._save_due(now):
                 return []
-            waits = [self.max_delay - (now - oldest)] if self._pending else []
+            waits = [self.max_delay - (now - oldest)] if self._pending else [self.max_delay]
             if self.save_interval is not None and self._n > self._saved_at_n:
                 waits.append(self.save_interval - (now - self._saved_at))
-            self._cv.wait(max(min(waits), 1e-3) if waits else None)
+            self._cv.wait(max(min(waits), 1e-3))
 
     def _take(self) -> list[_Item]:
         """Up to ``batch_size`` samples of calls sharing the first waiting call's weights and key."""
