@@ -14,10 +14,13 @@
   notebook's numbers next to memaware's (:mod:`memaware.paper.mnist_demo`);
 * ``memaware paper table2|table3|figure3``: the MAS paper's object-recognition experiments on
   image folders, or on the offline stand-in (:mod:`memaware.paper.object_recognition`);
+  ``memaware paper selective``: selective forgetting, Ω from a deployed model's traffic against
+  Ω from the training set (:mod:`memaware.paper.selective`);
 * ``memaware bench importance``: speed of the importance engine;
   ``memaware bench training``: a whole MAS run against a bare PyTorch script;
   ``memaware bench backbone``: MAS training steps and importance of EfficientNet-Lite0 and
-  ResNet-18 against bare PyTorch.
+  ResNet-18 against bare PyTorch;
+  ``memaware bench deploy``: serving latency with and without an importance tracker.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from memaware.cli import selective as selective_cli
 from memaware.cli.stream import add_stream_parser, stream_command
 from memaware.configs import PRESET_DIR, load_presets, preset_path
 from memaware.data.benchmarks import BENCHMARKS, check_benchmark
@@ -356,13 +360,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
     for command in object_recognition.COMMANDS:
         _add_object_recognition_parser(protocols, command)
+    selective_cli.add_parser(protocols)
 
     bench = commands.add_parser("bench", help="speed benchmarks, measured side by side")
     bench.add_argument(
         "target",
-        choices=("importance", "training", "backbone"),
+        choices=("importance", "training", "backbone", "deploy"),
         help="importance: the importance engine; training: a whole MAS run against a bare script; "
-        "backbone: MAS steps and importance of efficientnet-lite0 and resnet18 against bare PyTorch",
+        "backbone: MAS steps and importance of efficientnet-lite0 and resnet18 against bare "
+        "PyTorch; deploy: serving latency with an ImportanceTracker attached",
     )
     bench.add_argument(
         "rest", nargs=argparse.REMAINDER, help="options of the benchmark (see its --help)"
@@ -687,6 +693,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _sweep(args)
         if args.command == "presets":
             return _presets(args)
+        if args.command == "paper" and args.protocol == "selective":
+            return selective_cli.main(args)
         if args.command == "paper":
             return _paper(args)
         if args.command == "stream":
@@ -698,12 +706,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(options_table(args.methods or list(METHODS)), end="")
             return 0
         if args.command == "bench":
-            from memaware.bench import backbone, importance, training
+            from memaware.bench import backbone, deploy, importance, training
 
             benches = {
                 "importance": importance.main,
                 "training": training.main,
                 "backbone": backbone.main,
+                "deploy": deploy.main,
             }
             return benches[args.target](args.rest)
     except MemawareError as exc:
