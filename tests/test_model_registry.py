@@ -46,7 +46,14 @@ needs_pretrained = pytest.mark.skipif(
 
 
 def test_registry_names_and_entries() -> None:
-    assert list(MODELS) == ["mlp", "cnn", "resnet18", "efficientnet-lite0", "alexnet"]
+    assert list(MODELS) == [
+        "mlp",
+        "cnn",
+        "resnet18",
+        "efficientnet-lite0",
+        "efficientnet-lite0-frozen-bn",
+        "alexnet",
+    ]
     for name, entry in MODELS.items():
         assert entry.name == name
         assert isinstance(preprocessing(name), Preprocessing)

@@ -214,9 +214,10 @@ def test_stand_in_refuses_unknown_tasks_and_augmentation(
 
 
 def test_the_papers_protocol_on_folders() -> None:
-    assert default_model("alexnet.pth") == "alexnet" and default_model(None) == "efficientnet-lite0"
+    assert default_model("alexnet.pth") == "alexnet"
+    assert default_model(None) == "efficientnet-lite0-frozen-bn"
     protocol = paper_protocol("/data", None, None)
-    assert protocol.benchmark == "folders" and protocol.model == "efficientnet-lite0"
+    assert protocol.benchmark == "folders" and protocol.model == "efficientnet-lite0-frozen-bn"
     assert protocol.augment and protocol.train == PAPER_TRAIN
     assert (PAPER_TRAIN.epochs, PAPER_TRAIN.batch_size, PAPER_TRAIN.lr_decay_epochs) == (
         100,
@@ -279,6 +280,33 @@ def test_check_tasks_defaults_to_the_stand_ins() -> None:
     assert paper.check_tasks("figure3", [], preset) == [preset.sequence]
     assert paper.methods_of("table3", None) == ("mas", "l-mas")
     assert paper.methods_of("figure3", ["mas", "si", "mas"]) == ("mas", "si")
+
+
+def test_frozen_batchnorm_keeps_imagenets_statistics_while_training() -> None:
+    torch.manual_seed(0)
+    model = build_model("efficientnet-lite0-frozen-bn", (3, 32, 32), (), None)
+    plain = build_model("efficientnet-lite0", (3, 32, 32), (), None)
+    model.add_head(0, 3)
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    torch.testing.assert_close(
+        before, {k: v for k, v in plain.state_dict().items() if "running" in k}
+    )
+    model.train()
+    assert model.training and model.backbone.dropout.training  # dropout still trains
+    assert not any(m.training for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(4, 3, 32, 32)
+    torch.nn.functional.cross_entropy(model(x, 0), torch.tensor([0, 1, 2, 0])).backward()
+    optimizer.step()
+    after = {k: v for k, v in model.state_dict().items() if "running" in k}
+    torch.testing.assert_close(after, before)  # the statistics never move
+    assert model.backbone.stem.bn.weight.grad is not None  # scale and shift still train
+    model.backbone.dropout.eval()
+    with torch.no_grad():
+        train_mode = model(x, 0)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, 0), train_mode)  # one function in both modes
 
 
 # ---------------------------------------------------------------------------------------------

