@@ -393,7 +393,7 @@ def _add_object_recognition_parser(protocols: Any, command: str) -> None:
         "--weights, else EfficientNet-Lite0; SGD momentum 0.9, batches of 200, 100 epochs, lr "
         "4e-4 for the first task and 8e-4 after, x0.1 every 54 epochs, λ = 1, best epoch on "
         "validation). Without: the offline stand-in (MNIST, Fashion-MNIST, Animal-MNIST and "
-        "scikit-learn's digits as small RGB tasks, src/memaware/configs/paper-standin.json).",
+        "scikit-learn's digits as small RGB tasks, src/memaware/configs/paper/standin.json).",
         epilog=OPTIONS_HELP,
     )
     add = parser.add_argument

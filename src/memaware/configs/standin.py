@@ -1,6 +1,6 @@
 """The offline stand-in for the MAS paper's object recognition: its preset, read and checked.
 
-``paper-standin.json`` (next to this file) fixes what the ``object-recognition-standin``
+``paper/standin.json`` (under this folder; not a preset, so not beside the ``<benchmark>.json`` presets) fixes what the ``object-recognition-standin``
 benchmark holds and how ``memaware paper table2|table3|figure3`` train on it without
 ``--data-root``::
 
@@ -42,7 +42,7 @@ __all__ = [
 #: the datasets a stand-in task can be cut from (all 10 classes, grey images)
 DATASETS = ("mnist", "fashion-mnist", "animal-mnist", "digits")
 #: the preset shipped with memaware
-STANDIN_PRESET = PRESET_DIR / "paper-standin.json"
+STANDIN_PRESET = PRESET_DIR / "paper" / "standin.json"
 
 
 @dataclass(frozen=True)
