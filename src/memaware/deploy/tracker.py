@@ -19,15 +19,17 @@ How it stays out of the served call's way:
 
 * **The served call is not changed.** :meth:`ImportanceTracker.attach` registers a forward
   pre-hook and a forward hook on the model's root module; neither returns anything, so the
-  output is the model's own object, bit for bit. Whether a sample is counted is drawn per
-  sample, Bernoulli(``fraction``), from the tracker's own generator (numpy's, seeded by
-  ``seed``; a draw costs microseconds): the model's and torch's random streams are not
-  touched.
-* **No autograd work on the served forward.** The pre-hook copies the counted rows of the input
-  out (``index_select``/``clone`` under ``torch.inference_mode(False)``, so that inputs of an
-  ``inference_mode`` server become ordinary tensors); the forward hook, once the forward has
-  returned, hands them to a worker thread. The worker runs the engine in its own thread (grad
-  and inference modes are per thread), with gradients on.
+  output is the model's own object, bit for bit. Each served sample is counted with
+  probability ``fraction``, independently, drawn from the tracker's own ``random.Random``
+  (seeded by ``seed``) as geometric gaps between counted samples: one random number per
+  counted sample, nothing at all for a call none of whose samples is counted; the model's
+  and torch's random streams are not touched.
+* **No autograd work on the served forward.** The pre-hook copies the counted rows of the
+  (detached) input out, in the caller's mode; the forward hook, once the forward has returned,
+  hands them to a worker thread. The worker runs the engine in its own thread (grad and
+  inference modes are per thread), with gradients on; it first copies the rows of an
+  ``inference_mode`` server, which are inference tensors that autograd cannot save, into
+  ordinary ones.
 * **A private copy of the model, at the weights that served.** The engine registers hooks on
   the model it measures; it measures a deep copy (in eval mode, as MAS does), so its hooks
   never run on a forward another thread serves through. The copy is taken in the serving
@@ -71,6 +73,7 @@ import contextlib
 import copy
 import math
 import os
+import random
 import sys
 import threading
 import time
@@ -81,7 +84,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
@@ -183,6 +185,14 @@ def _key(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Hashable | None:
     return key
 
 
+def _ordinary(value: Any) -> Any:
+    """An inference tensor as an ordinary one (a copy, made outside inference mode), so that
+    autograd may save it; anything else as it is."""
+    if isinstance(value, torch.Tensor) and value.is_inference():
+        return value.clone()
+    return value
+
+
 def _rows(value: Any, index: torch.Tensor | None, n: int) -> Any:
     """A detached copy of ``value``'s rows ``index`` if it is a per-sample tensor, else ``value``."""
     if not isinstance(value, torch.Tensor):
@@ -267,7 +277,8 @@ class ImportanceTracker:
         self.niceness = niceness
         self.meta = {"method": "mas", "granularity": "sample", "norm": norm, "mode": mode}
 
-        self._generator = np.random.default_rng(seed)
+        self._random = random.Random(seed)
+        self._gap = self._next_gap() if self.fraction < 1.0 else 0
         self._draw_lock = threading.Lock()  # the generator and the snapshot
         self._cv = threading.Condition()  # the queue, the counters, the error
         self._state_lock = threading.Lock()  # the sums
@@ -479,11 +490,11 @@ class ImportanceTracker:
                 index = None
                 drawn = n
             else:
-                # numpy's generator: a draw costs a few microseconds, torch's several times more
-                index = torch.from_numpy(np.flatnonzero(self._generator.random(n) < self.fraction))
-                drawn = int(index.numel())
-            if drawn == 0:
-                return None
+                chosen = self._choose(n)
+                drawn = len(chosen)
+                if drawn == 0:
+                    return None  # the common case at small fractions: nothing else to do
+                index = torch.tensor(chosen)
             self.drawn += drawn
             if self._registrations != _registrations:  # something, somewhere, was registered
                 if _structure(self.model) != self._structure:
@@ -493,14 +504,32 @@ class ImportanceTracker:
                 self._refresh()
             snapshot = self._snapshot
         assert snapshot is not None
-        # Inputs of an inference_mode server are inference tensors, which autograd cannot use:
-        # the copies made here, outside inference mode, are ordinary tensors (of detached ones,
-        # so that no autograd node is recorded).
-        with torch.inference_mode(False):
-            rows = _rows(x, index, n)
-            rest = tuple(_rows(a, index, n) for a in args[1:])
-            named = {k: _rows(v, index, n) for k, v in kwargs.items()}
+        # Copies (the caller may reuse its buffers), of detached tensors (no autograd node); in
+        # the caller's mode: an inference_mode server's copies are inference tensors, which the
+        # worker turns into ordinary ones, outside inference mode, before autograd sees them.
+        rows = _rows(x, index, n)
+        rest = tuple(_rows(a, index, n) for a in args[1:])
+        named = {k: _rows(v, index, n) for k, v in kwargs.items()}
         return snapshot, _key(rest, named), rows, rest, named
+
+    def _choose(self, n: int) -> list[int]:
+        """The positions among the next ``n`` served samples that are counted.
+
+        Each sample is counted with probability ``fraction``, independently: the gaps between
+        counted samples are geometric, so the draw costs one random number per counted sample
+        (and none for a call of which nothing is counted).
+        """
+        chosen = []
+        position = self._gap
+        while position < n:
+            chosen.append(position)
+            position += 1 + self._next_gap()
+        self._gap = position - n
+        return chosen
+
+    def _next_gap(self) -> int:
+        """Samples skipped before the next counted one: P(k) = (1 − f)^k f, k = 0, 1, ..."""
+        return int(math.log1p(-self._random.random()) / math.log1p(-self.fraction))
 
     def _refresh(self) -> None:
         """Copy the model at its weights now (the caller holds the draw lock)."""
@@ -634,8 +663,9 @@ class ImportanceTracker:
         if snapshot.engine is None:
             snapshot.engine = ExactEngine(private, torch.abs, 1, self.sample_dims)
         engine = snapshot.engine
-        x = first.x if len(items) == 1 else torch.cat([item.x for item in items])
-        args, kwargs = first.args, first.kwargs
+        x = _ordinary(first.x if len(items) == 1 else torch.cat([item.x for item in items]))
+        args = tuple(_ordinary(a) for a in first.args)
+        kwargs = {k: _ordinary(v) for k, v in first.kwargs.items()}
         served: OutputFn = self.outputs or (lambda m, inputs: m(inputs, *args, **kwargs))
         start = time.perf_counter()
         with torch.enable_grad():
