@@ -1,0 +1,81 @@
+"""Choose the regularisers' strengths of the paper stand-in on validation data (never the test sets).
+
+For each method and strength, the two-task sequence ``--tasks A,B`` of the stand-in is learned with
+the stand-in's protocol (``memaware.paper.protocol.standin_protocol``); every task's test set is
+replaced by ``--validation`` of its training data (stratified, seed 0,
+``memaware.data.scenarios.with_validation``), so the score, the average accuracy over both tasks
+after the second, never sees a test image. One JSON line per run is appended to ``--out``; the
+best value per method is printed. The strengths in ``src/memaware/configs/paper/standin.json``
+came from::
+
+    python benchmarks/tune_paper_standin.py --tasks mnist0-4,fashion0-4 \
+        --grid mas=1,3,10 --grid l-mas=1,10,100 --grid ewc=1,10,100 --grid si=10,100,1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from memaware.configs.standin import load_standin_preset
+from memaware.data.benchmarks import make_scenario
+from memaware.data.scenarios import with_validation
+from memaware.methods import METHODS
+from memaware.models import build_model
+from memaware.paper.protocol import standin_protocol
+from memaware.training.experiment import method_settings
+from memaware.training.loop import run_method
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", required=True, help="the tuning pair A,B")
+    parser.add_argument("--grid", action="append", required=True, help="METHOD=v1,v2,...")
+    parser.add_argument("--validation", type=float, default=0.2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("runs/tune-paper-standin.jsonl"))
+    args = parser.parse_args()
+    tasks = args.tasks.split(",")
+    protocol = standin_protocol(load_standin_preset(), None, None)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for entry in args.grid:
+        method, values = entry.split("=", 1)
+        scores = {}
+        for value in (float(v) for v in values.split(",")):
+            spec = replace(protocol, overrides={method: {"strength": value}}).spec(
+                tasks, [method], [args.seed]
+            )
+            stream = with_validation(
+                make_scenario(spec.benchmark, **vars(spec.data_request())), args.validation
+            )
+            options, _ = method_settings(spec, method)
+            start = time.perf_counter()
+            result = run_method(
+                METHODS[method](options, seed=args.seed),
+                stream,
+                lambda spec=spec, stream=stream: build_model(spec.model, stream.input_shape),
+                replace(spec.train, seed=args.seed),
+            )
+            summary = result.accuracy.summary()
+            scores[value] = summary["average_accuracy"]
+            line = {
+                "method": method,
+                "strength": value,
+                "tasks": tasks,
+                "validation_average_accuracy": summary["average_accuracy"],
+                "validation_accuracy_matrix": summary["accuracy_matrix"],
+                "validation_drop": summary["drop"],
+                "seconds": time.perf_counter() - start,
+            }
+            with args.out.open("a") as handle:
+                handle.write(json.dumps(line) + "\n")
+            print(json.dumps(line), flush=True)
+        best = max(scores, key=lambda v: scores[v])
+        print(f"{method}: best strength {best:g} ({100 * scores[best]:.2f} %)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
