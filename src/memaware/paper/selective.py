@@ -148,14 +148,14 @@ class _State:
 @dataclass(frozen=True)
 class _Layout:
     """One layout's data: the tasks learned before and after the deployment, the traffic, and
-    the test images of the served part and of the rest, with the head each is answered by."""
+    the served part and the rest as tasks whose test sets are those parts' test images."""
 
     before: tuple[Task, ...]
     after: tuple[Task, ...]
     traffic: tuple[tuple[torch.Tensor, int], ...]  # requests' images and their head, in order
     everything: tuple[tuple[torch.Tensor, int], ...]  # the control's traffic
-    served: tuple[torch.Tensor, torch.Tensor, int]
-    unserved: tuple[torch.Tensor, torch.Tensor, int]
+    served: Task
+    unserved: Task
 
 
 def _cut(task: Task, n: int) -> Task:
@@ -215,29 +215,17 @@ def layout_data(layout: str, config: SelectiveConfig, scenario: Scenario, seed: 
             after=tasks[1:],
             traffic=_requests([(spare_mnist.x[chosen], 0)], config.traffic, seed),
             everything=_requests([(spare_mnist.x, 0)], config.traffic, seed),
-            served=(test.x[on_test], test.y[on_test], 0),
-            unserved=(test.x[~on_test], test.y[~on_test], 0),
+            served=replace(mnist, test=TensorData(test.x[on_test], test.y[on_test])),
+            unserved=replace(mnist, test=TensorData(test.x[~on_test], test.y[~on_test])),
         )
-    other = _test(fashion)
     return _Layout(
         before=tasks[:2],
         after=tasks[2:],
         traffic=_requests([(spare_mnist.x, 0)], config.traffic, seed),
         everything=_requests([(spare_mnist.x, 0), (spare_fashion.x, 1)], config.traffic, seed),
-        served=(test.x, test.y, 0),
-        unserved=(other.x, other.y, 1),
+        served=mnist,
+        unserved=fashion,
     )
-
-
-def _accuracy(model: MultiHeadClassifier, part: tuple[torch.Tensor, torch.Tensor, int]) -> float:
-    x, y, head = part
-    model.eval()
-    correct = 0
-    with torch.inference_mode():
-        for start in range(0, len(y), 2048):
-            xb, yb = x[start : start + 2048], y[start : start + 2048]
-            correct += int((model(xb, head).argmax(-1) == yb).sum())
-    return correct / len(y)
 
 
 def _serve(
@@ -307,8 +295,8 @@ def run_layout(
             learner.after_task(base.model, tasks[i], tasks[: i + 1])
     base.omega = learner.omega
     deployed = {
-        "served": _accuracy(model, data.served),
-        "unserved": _accuracy(model, data.unserved),
+        "served": evaluate(model, data.served, train_config.eval_batch_size),
+        "unserved": evaluate(model, data.unserved, train_config.eval_batch_size),
     }
 
     files: dict[str, tuple[Path, int]] = {}
@@ -345,8 +333,8 @@ def run_layout(
         results[label] = {
             "served_at_deployment": deployed["served"],
             "unserved_at_deployment": deployed["unserved"],
-            "served": _accuracy(state.model, data.served),
-            "unserved": _accuracy(state.model, data.unserved),
+            "served": evaluate(state.model, data.served, train_config.eval_batch_size),
+            "unserved": evaluate(state.model, data.unserved, train_config.eval_batch_size),
             "new_tasks_trained": statistics.fmean(trained),
             "new_tasks_final": statistics.fmean(
                 evaluate(state.model, task, train_config.eval_batch_size) for task in data.after
