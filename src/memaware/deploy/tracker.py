@@ -33,17 +33,21 @@ How it stays out of the served call's way:
 * **A private copy of the model, at the weights that served.** The engine registers hooks on
   the model it measures; it measures a deep copy (in eval mode, as MAS does), so its hooks
   never run on a forward another thread serves through. The copy is taken in the serving
-  thread, before the forward, whenever the model's parameters or buffers changed since the
-  last one (each tensor's identity and in-place version counter): every counted input is
-  measured at the weights that answered it, even when the model is updated between calls
-  (online fine-tuning, ``load_state_dict``, a new head). A model served in train mode whose
-  BatchNorm statistics move at every call is copied at every counted call.
+  thread, before the forward of a call with counted samples, whenever the model changed since
+  the last one: a parameter or buffer modified in place (its version counter), re-pointed
+  (``.data =``, its storage) or (un)frozen, or a parameter, buffer or module registered
+  anywhere (PyTorch's global registration hooks; the model's names and tensors are then
+  compared). So every counted input is measured at the weights that answered it, even when
+  the model is updated between calls (online fine-tuning, ``load_state_dict``, a new head),
+  and a call costs a few attribute reads, not a walk of the model. A model served in train
+  mode whose BatchNorm statistics move at every call is copied at every counted call.
 * **Batched in the background.** The worker gathers counted inputs into batches of up to
   ``batch_size`` (waiting about ``max_delay`` seconds, at most twice that, for a batch to
   fill: an idle worker looks at its queue every ``max_delay`` seconds, and is woken early
-  only by a full batch, a flush or a detach), per copy of the
-  weights and per value of the call's other arguments (the head id of a multi-head model), so
-  that a fraction of 0.01 does not pay the engine's per-call cost for every sample. At most
+  only by a full batch, a flush or a detach), per copy of the weights and per value of the
+  call's other arguments (the head id of a multi-head model), so that a fraction of 0.01 does
+  not pay the engine's per-call cost for every sample. On Linux the worker runs ``niceness``
+  steps below the serving threads' priority, so that it counts on spare CPU first. At most
   ``max_pending`` samples wait: when the worker falls behind, the serving call waits for room
   (``when_full="wait"``: every drawn sample is counted) or the sample is dropped
   (``"drop"``: serving never waits; :attr:`ImportanceTracker.dropped` counts them).
