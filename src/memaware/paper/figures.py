@@ -124,7 +124,7 @@ def _bars(
                 rotation=90,
                 fontsize=font,
             )
-            if s.inside is not None and v - bottom > 0.3 * (top - bottom):
+            if s.inside is not None and v - bottom > 0.15 * (top - bottom):
                 ax.annotate(
                     s.inside[g],
                     (x, bottom),
