@@ -1,8 +1,8 @@
 """The offline stand-in for the MAS paper's object recognition: its preset, read and checked.
 
-``paper/standin.json`` (under this folder; not a preset, so not beside the ``<benchmark>.json`` presets) fixes what the ``object-recognition-standin``
-benchmark holds and how ``memaware paper table2|table3|figure3`` train on it without
-``--data-root``::
+``paper/standin.json`` (under this folder; not a preset, so not beside the ``<benchmark>.json``
+presets) fixes what the ``object-recognition-standin`` benchmark holds and how
+``memaware paper table2|table3|figure3`` train on it without ``--data-root``::
 
     {"resolution": R,                      images are R×R RGB
      "tasks": {NAME: {"dataset": D, "classes": [...], "train_per_class": n, "test_per_class": m}},
