@@ -184,8 +184,8 @@ def conv_configs(draw: st.DrawFn, dims: int) -> dict[str, object]:
         ),
         "n": draw(st.integers(1, 5)),
         "size": tuple(size),
-        # 0: every conv takes the grouped weight-gradient path; 10**6: every conv unfolds
-        "unfold_max_fan_in": draw(st.sampled_from([0, 10**6])),
+        # False: every conv takes the grouped weight-gradient path; True: every conv unfolds
+        "unfold": draw(st.booleans()),
         "seed": draw(st.integers(0, 2**16)),
     }
 
@@ -196,7 +196,7 @@ def _conv_case(conv_type: type[nn.Module], config: dict[str, object]) -> None:
     conv = conv_type(**kwargs).double()
     model = nn.Sequential(conv, nn.Tanh())
     x = torch.randn(config["n"], kwargs["in_channels"], *config["size"], dtype=torch.float64)  # type: ignore[misc]
-    with patch.object(rules_module, "UNFOLD_MAX_FAN_IN", config["unfold_max_fan_in"]):
+    with patch.object(rules_module, "unfolds", lambda fan_in, positions: config["unfold"]):
         check_mas(model, x, tol=TOL64)
 
 
@@ -212,11 +212,11 @@ def test_conv2d_random_hyperparameters(config: dict[str, object]) -> None:
     _conv_case(nn.Conv2d, config)
 
 
-@pytest.mark.parametrize("unfold_max_fan_in", [0, 10**6])
+@pytest.mark.parametrize("unfold", [False, True])
 def test_conv_net_float32_strided_grouped_dilated(
-    monkeypatch: pytest.MonkeyPatch, unfold_max_fan_in: int
+    monkeypatch: pytest.MonkeyPatch, unfold: bool
 ) -> None:
-    monkeypatch.setattr(rules_module, "UNFOLD_MAX_FAN_IN", unfold_max_fan_in)
+    monkeypatch.setattr(rules_module, "unfolds", lambda fan_in, positions: unfold)
     seeded(7)
     model = nn.Sequential(
         nn.Conv2d(3, 6, 3, stride=2, padding=1),
@@ -230,11 +230,9 @@ def test_conv_net_float32_strided_grouped_dilated(
     check_mas(model, torch.randn(10, 3, 9, 9), batch_size=4)
 
 
-@pytest.mark.parametrize("unfold_max_fan_in", [0, 10**6])
-def test_conv1d_depthwise_no_bias_float32(
-    monkeypatch: pytest.MonkeyPatch, unfold_max_fan_in: int
-) -> None:
-    monkeypatch.setattr(rules_module, "UNFOLD_MAX_FAN_IN", unfold_max_fan_in)
+@pytest.mark.parametrize("unfold", [False, True])
+def test_conv1d_depthwise_no_bias_float32(monkeypatch: pytest.MonkeyPatch, unfold: bool) -> None:
+    monkeypatch.setattr(rules_module, "unfolds", lambda fan_in, positions: unfold)
     seeded(8)
     model = nn.Sequential(
         nn.Conv1d(4, 4, 5, stride=2, padding=2, groups=4, bias=False),
@@ -246,13 +244,13 @@ def test_conv1d_depthwise_no_bias_float32(
     check_mas(model, torch.randn(16, 4, 19))
 
 
-@pytest.mark.parametrize("unfold_max_fan_in", [0, 10**6])
+@pytest.mark.parametrize("unfold", [False, True])
 @pytest.mark.parametrize("chunk_elements", [1, 150, 2000])
 def test_conv_paths_in_several_chunks(
-    monkeypatch: pytest.MonkeyPatch, unfold_max_fan_in: int, chunk_elements: int
+    monkeypatch: pytest.MonkeyPatch, unfold: bool, chunk_elements: int
 ) -> None:
     """Per-sample gradients materialised a few samples at a time (a ragged last chunk included)."""
-    monkeypatch.setattr(rules_module, "UNFOLD_MAX_FAN_IN", unfold_max_fan_in)
+    monkeypatch.setattr(rules_module, "unfolds", lambda fan_in, positions: unfold)
     monkeypatch.setattr(rules_module, "CHUNK_ELEMENTS", chunk_elements)
     seeded(46)
     model = nn.Sequential(
@@ -965,3 +963,28 @@ def test_reference_loop_agrees_with_torch_func() -> None:
     ref = per_sample_reference(model, x)
     for name in params:
         torch.testing.assert_close(per_sample[name].abs().mean(0), ref[name])
+
+
+def test_a_fan_in_over_fewer_positions_unfolds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above UNFOLD_MAX_FAN_IN, a fan-in no smaller than the output positions unfolds and one
+    over more positions takes the grouped path; both exact."""
+    monkeypatch.setattr(rules_module, "UNFOLD_MAX_FAN_IN", 8)
+    taken: list[str] = []
+    for name in ("_unfolded", "_grouped"):
+        path = getattr(rules_module, name)
+
+        def spy(*args: object, _path: object = path, _name: str = name) -> object:
+            taken.append(_name)
+            return _path(*args)  # type: ignore[operator]
+
+        monkeypatch.setattr(rules_module, name, spy)
+    seeded(3)
+    model = nn.Sequential(
+        nn.Conv2d(4, 5, 3, padding=1),  # fan-in 36 over 8×8 = 64 positions: grouped
+        nn.Tanh(),
+        nn.Conv2d(5, 6, 3, stride=2),  # fan-in 45 over 3×3 = 9 positions: unfolded
+        nn.Flatten(),
+        nn.Linear(6 * 3 * 3, 4),
+    ).double()
+    check_mas(model, torch.randn(6, 4, 8, 8, dtype=torch.float64), tol=TOL64)
+    assert set(taken) == {"_grouped", "_unfolded"}
