@@ -9,9 +9,10 @@ and H the hard buffer:
   ``L = CE(B ∪ H) + λ Σ Ω (θ − θ*)²`` (H only with ``replay``; CE is the mean over the
   samples, the authors sum them; no factor ½, the authors write λ/2). Before the first update
   there is no Ω and no penalty.
-* **When to update the importance.** Before the passes, the task loss CE(B ∪ H) of the
-  incoming batch and the buffer (no penalty: the DRIFT re-implementation's defect was watching
-  the penalised loss) joins a window of the last ``window`` losses
+* **When to update the importance.** Before the passes, the task loss of the incoming batch,
+  CE(B) (``watch=batch``), or of the batch and the buffer, CE(B ∪ H) as the authors' code
+  (``watch=batch+buffer``), joins a window of the last ``window`` losses (never the penalised
+  loss: the DRIFT re-implementation's defect was watching it)
   (:class:`~memaware.methods.task_free.LossPlateau`). When the window's mean μ <
   ``mean_threshold`` and its variance σ² < ``variance_threshold`` the loss is on a plateau: the
   model has learned what the stream showed it lately, so Ω and θ* are updated. The next update
@@ -33,6 +34,7 @@ The stream's boundaries are never seen: the method is given batches only. The de
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
@@ -52,14 +54,14 @@ class TaskFreeMASOptions(StrengthOptions):
     method = "task-free-mas"
 
     strength: float = field(
-        default=1.0,
+        default=300.0,
         metadata={"help": "λ >= 0, the weight of the penalty λ Σ Ω (θ − θ*)² (no factor ½)"},
     )
     window: int = field(
         default=5, metadata={"help": "losses in the plateau detector's window, >= 2 (paper: 5)"}
     )
     mean_threshold: float = field(
-        default=0.2,
+        default=0.3,
         metadata={"help": "a plateau needs the window's mean loss below this, > 0"},
     )
     variance_threshold: float = field(
@@ -71,8 +73,18 @@ class TaskFreeMASOptions(StrengthOptions):
         metadata={"help": "samples of highest loss kept, on which Ω is measured, >= 1"},
     )
     replay: bool = field(
-        default=True,
-        metadata={"help": "train on the hard buffer with each incoming batch (the paper)"},
+        default=False,
+        metadata={
+            "help": "also train on the hard buffer with each incoming batch (the paper; off: "
+            "the buffer only feeds Ω, which kept more on the validation stream)"
+        },
+    )
+    watch: Literal["batch", "batch+buffer"] = field(
+        default="batch",
+        metadata={
+            "help": "the loss the window watches: of the incoming batch alone, or of the batch "
+            "and the hard buffer (the authors' code)"
+        },
     )
     norm: Norm = field(
         default="l2sq",
@@ -111,7 +123,7 @@ class TaskFreeMAS(TaskFree):
         # The buffer's losses are those of its refresh after the last batch, under this same
         # model (nothing trains in between): only the incoming batch needs scoring.
         losses = self.buffer.losses(model, incoming.x, incoming.y)
-        if self.buffer.loss is not None:
+        if self.opts.watch == "batch+buffer" and self.buffer.loss is not None:
             losses = torch.cat([self.buffer.loss, losses])
         self.watched = float(losses.mean())
         x, y = self.buffer.joined(incoming.x, incoming.y)

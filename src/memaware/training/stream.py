@@ -72,8 +72,8 @@ class StreamConfig:
     """
 
     batch_size: int = 10
-    passes: int = 3
-    lr: float = 1e-3
+    passes: int = 2
+    lr: float = 5e-5
     optimizer: Optimizer = "adam"
     momentum: float = 0.0
     boundaries: Boundaries = "blurred"
@@ -226,6 +226,7 @@ def run_stream_method(
         while current < n and k == stream.boundaries[current]:
             task = tasks[current]
             trained[current] = evaluate(model, task, config.eval_batch_size)
+            model.train()  # after_task sees the model as training left it, as in the task loop
             if not task_free:
                 method.after_task(model, _seen_task(task, stream, k), tasks[: current + 1])
             for j in range(current + 1):
