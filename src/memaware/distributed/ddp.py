@@ -24,13 +24,12 @@ same gradient on every rank, and the optimizer keeps the ranks' weights equal.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from memaware.data.scenarios import Task
 from memaware.distributed.process_group import is_distributed, rank, world_size
 from memaware.errors import ConfigError
 from memaware.models.multihead import MultiHeadClassifier
@@ -67,18 +66,24 @@ def rank_part(n: int) -> slice:
 
 
 class _PartLoss(nn.Module):
-    """The module DDP wraps: ``(N/n) Σ_{k ∈ part} ℓ_k`` of this rank's part of a batch of ``n``."""
+    """The module DDP wraps: ``(N/n) Σ_{k ∈ part} ℓ_k`` of this rank's part of a batch of ``n``.
 
-    def __init__(self, model: MultiHeadClassifier, task_loss: TaskLoss) -> None:
+    ``trained`` are the parameters DDP reduces (the model's, less the ignored past heads).
+    """
+
+    def __init__(
+        self, model: MultiHeadClassifier, task_loss: TaskLoss, trained: list[nn.Parameter]
+    ) -> None:
         super().__init__()
         self.model = model
         self.task_loss = task_loss
+        self.trained = trained
 
     def forward(
         self, x: torch.Tensor, y: torch.Tensor, heads: torch.Tensor | int, n: int
     ) -> torch.Tensor:
-        if len(x) == 0:  # fewer rows than ranks: no term, but every parameter joins the backward
-            return torch.stack([p.sum() for p in self.parameters() if p.requires_grad]).sum() * 0.0
+        if len(x) == 0:  # fewer rows than ranks: no term, but the reduced parameters join in
+            return torch.stack([p.sum() for p in self.trained]).sum() * 0.0
         return self.task_loss(self.model, x, y, heads) * (len(x) * world_size() / n)
 
 
@@ -86,16 +91,21 @@ class DistributedTaskLoss:
     """The training loop's task loss on this rank's part of each batch, through DDP."""
 
     def __init__(
-        self, model: MultiHeadClassifier, tasks: Sequence[Task], task_loss: TaskLoss
+        self, model: MultiHeadClassifier, heads: Collection[int], task_loss: TaskLoss
     ) -> None:
-        module = _PartLoss(model, task_loss)
-        trained = {str(t.head) for t in tasks}
-        ignored = [
-            f"model.heads.{key}.{name}"
+        """DDP over the backbone and ``heads`` (the heads the task trains) of ``model``."""
+        trained = {str(head) for head in heads}
+        past = {
+            f"heads.{key}.{name}"
             for key, head in model.heads.items()
             if key not in trained
             for name, _ in head.named_parameters()
+        }
+        reduced = [
+            p for name, p in model.named_parameters() if name not in past and p.requires_grad
         ]
+        module = _PartLoss(model, task_loss, reduced)
+        ignored = [f"model.{name}" for name in past]
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(  # type: ignore[no-untyped-call]
             module, ignored
         )
@@ -123,7 +133,8 @@ class DistributedTaskLoss:
 
 
 def distributed_task_loss(
-    model: MultiHeadClassifier, tasks: Sequence[Task], task_loss: TaskLoss
+    model: MultiHeadClassifier, heads: Collection[int], task_loss: TaskLoss
 ) -> TaskLoss:
-    """``task_loss`` as it is without a process group; under one, :class:`DistributedTaskLoss`."""
-    return DistributedTaskLoss(model, tasks, task_loss) if is_distributed() else task_loss
+    """``task_loss`` as it is without a process group; under one, :class:`DistributedTaskLoss`
+    over the backbone and ``heads``, the heads being trained."""
+    return DistributedTaskLoss(model, heads, task_loss) if is_distributed() else task_loss

@@ -267,7 +267,7 @@ def train_task(
     device = model.device
     loader = _loader_options(config, device)
     past_heads = past_head_parameters(model, tasks)
-    loss_fn = distributed_task_loss(model, tasks, task_loss)
+    loss_fn = distributed_task_loss(model, {t.head for t in tasks}, task_loss)
     epochs = training_batches(tasks, config, generator, device)
     scores: list[float] = []
     best: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
