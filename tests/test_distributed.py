@@ -345,3 +345,14 @@ def test_the_ddp_own_loop_example_on_two_processes_is_the_one_process_run(tmp_pa
     assert np.allclose(one, two, atol=0.005) and min(one) > 0.9
     a, b = (Importance.load(tmp_path / f"{n}.safetensors") for n in ("one", "two"))
     assert a.counts == b.counts and _relative_error(b.sums, a.sums) <= 1e-6
+
+
+def test_the_device_of_a_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    from memaware.distributed.process_group import launched_by_torchrun, rank_device
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert not launched_by_torchrun()
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert rank_device("cuda") == "cuda:1" and rank_device("cpu") == "cpu"
+    with pytest.raises(ConfigError, match="every process on one GPU"):
+        rank_device("cuda:0")

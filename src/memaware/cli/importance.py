@@ -31,7 +31,7 @@ from memaware.data.datasets import batches, concat, for_evaluation
 from memaware.data.scenarios import Scenario, Task
 from memaware.distributed import is_main_process, process_group
 from memaware.errors import ConfigError, DataError
-from memaware.importance import mas
+from memaware.importance import Importance, mas
 from memaware.importance.mas import NORMS
 from memaware.models import MultiHeadClassifier, build_model
 from memaware.models.multihead import heads_output
@@ -128,8 +128,16 @@ def add_parser(commands: Any) -> None:
 
 
 def _spec(config: dict[str, Any], args: argparse.Namespace) -> ExperimentSpec:
-    """The checkpoint run's data options, with the command's overrides."""
-    known = {f.name for f in fields(ExperimentSpec)} - {"train", "methods", "seeds"}
+    """The checkpoint run's model and data options, with the command's overrides (its methods,
+    their options and its training budget play no part here)."""
+    known = {f.name for f in fields(ExperimentSpec)} - {
+        "train",
+        "methods",
+        "seeds",
+        "method_options",
+        "strength",
+        "weights",  # the backbone's starting weights: the checkpoint holds the trained ones
+    }
     given = {key: value for key, value in config.items() if key in known}
     for key in ("benchmark", "scenario", "data_dir"):
         if getattr(args, key) is not None:
@@ -156,8 +164,33 @@ def _data(task: Task, which: str) -> Any:
     return concat([for_evaluation(p) for p in parts])
 
 
+def _omega(
+    args: argparse.Namespace, config: dict[str, Any], spec: ExperimentSpec, device: str
+) -> tuple[Importance, Task]:
+    """Ω of the checkpoint's model on the task's data, and the task (on every rank, all-reduced)."""
+    scenario = make_scenario(spec.benchmark, **vars(spec.data_request()))
+    tasks = scenario.tasks[: _task(scenario, args.task) + 1]
+    model = _load_model(args.checkpoint, config, scenario.input_shape).to(resolve_device(device))
+    heads = [tasks[-1].head] if args.heads == "current" else [t.head for t in tasks]
+    missing = [h for h in dict.fromkeys(heads) if h not in model.head_ids]
+    if missing:
+        raise DataError(
+            f"{args.checkpoint}: the model has no head {missing[0]} (it has {model.head_ids}): "
+            "it was saved before that task was learned"
+        )
+    omega = mas(
+        model,
+        batches(_data(tasks[-1], args.data), args.batch_size, device=model.device),
+        granularity=args.granularity,
+        norm=args.norm,
+        outputs=heads_output(list(dict.fromkeys(heads))),
+        max_samples=args.max_samples,
+    )
+    return omega, tasks[-1]
+
+
 def main(args: argparse.Namespace) -> int:
-    """Compute and write Ω; under torchrun rank 0 writes."""
+    """Compute Ω and write it (under torchrun, rank 0 writes)."""
     if args.batch_size < 1 or (args.max_samples is not None and args.max_samples < 1):
         raise ConfigError("--batch-size and --max-samples must be at least 1")
     if args.out.suffix != ".safetensors":
@@ -166,35 +199,15 @@ def main(args: argparse.Namespace) -> int:
     spec = _spec(config, args)
     spec.check()
     with process_group(args.device) as device:
-        scenario = make_scenario(spec.benchmark, **vars(spec.data_request()))
-        index = _task(scenario, args.task)
-        model = _load_model(args.checkpoint, config, scenario.input_shape)
-        model = model.to(resolve_device(device))
-        tasks = scenario.tasks[: index + 1]
-        heads = (
-            [tasks[-1].head]
-            if args.heads == "current"
-            else list(dict.fromkeys(t.head for t in tasks))
-        )
-        missing = [h for h in heads if h not in model.head_ids]
-        if missing:
-            raise DataError(
-                f"{args.checkpoint}: the model has no head {missing[0]} (it has {model.head_ids}): "
-                "it was saved before that task was learned"
-            )
-        omega = mas(
-            model,
-            batches(_data(tasks[-1], args.data), args.batch_size, device=model.device),
-            granularity=args.granularity,
-            norm=args.norm,
-            outputs=heads_output(heads),
-            max_samples=args.max_samples,
-        )
+        omega, task = _omega(args, config, spec, device)
         if is_main_process():
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            omega.save(args.out)
+            try:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                omega.save(args.out)
+            except OSError as exc:
+                raise DataError(f"cannot write {args.out}: {exc.strerror or exc}") from None
             print(
                 f"Ω of {len(omega)} parameters over {omega.n_samples} inputs of task "
-                f"{tasks[-1].name} ({args.data}) written to {args.out}"
+                f"{task.name} ({args.data}) written to {args.out}"
             )
     return 0
