@@ -39,11 +39,15 @@ TaskLoss = Callable[
     [MultiHeadClassifier, torch.Tensor, torch.Tensor, "torch.Tensor | int"], torch.Tensor
 ]
 
-#: methods refused under torchrun, with the reason: they add a loss term computed by a forward
-#: pass of their own on the batch, outside DDP's, which the gradient all-reduce does not see
+#: methods refused under torchrun, with the reason: their loss term (``Method.loss_term``) is a
+#: forward pass of their own on the whole batch, outside DDP's and not split over the ranks, and
+#: their warm-up or autoencoders train in loops of their own; none of it is shown to match one
+#: process, so they do not run there
 REFUSED: dict[str, str] = {
-    "lwf": "its distillation loss is a second forward pass outside DistributedDataParallel's",
-    "ebll": "its code loss is a second forward pass outside DistributedDataParallel's",
+    "lwf": "its distillation loss is a forward pass of its own outside DistributedDataParallel's "
+    "(and it trains the past heads, which DDP does not hold)",
+    "ebll": "its code loss is a forward pass of its own outside DistributedDataParallel's "
+    "(through autoencoders trained in a loop of their own)",
 }
 
 
