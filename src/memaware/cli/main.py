@@ -8,6 +8,8 @@
   ``memaware presets``: the stored presets as a markdown table;
 * ``memaware options``: every method's options (``--option METHOD.FIELD=VALUE``), as a table;
 * ``memaware models``: the backbones ``--model`` chooses from, as a table;
+* ``memaware importance``: MAS's Ω of a checkpoint's model on one task's data, as an Importance
+  file (:mod:`memaware.cli.importance`);
 * ``memaware stream``: a benchmark's tasks as one stream of small batches with sharp or blurred
   boundaries, read once; task-free methods never see the boundaries (:mod:`memaware.cli.stream`);
 * ``memaware paper mnist-demo``: the Split-MNIST demo of the MAS authors' repository, with the
@@ -33,11 +35,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from memaware.cli import importance as importance_cli
 from memaware.cli import selective as selective_cli
 from memaware.cli.stream import add_stream_parser, stream_command
 from memaware.configs import PRESET_DIR, load_presets, preset_path
 from memaware.data.benchmarks import BENCHMARKS, check_benchmark
 from memaware.data.scenarios import SETTINGS
+from memaware.distributed import is_main_process, launched_by_torchrun, process_group
 from memaware.errors import MemawareError
 from memaware.files import atomic_write_json
 from memaware.methods import METHODS, method_class, option_docs, parse_option
@@ -341,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add_stream_parser(commands)
+    importance_cli.add_parser(commands)
 
     paper = commands.add_parser("paper", help="the MAS authors' own experiments, runnable")
     protocols = paper.add_subparsers(dest="protocol", required=True)
@@ -442,7 +447,18 @@ def _add_object_recognition_parser(protocols: Any, command: str) -> None:
     add("--no-progress", action="store_true", help="hide progress bars")
 
 
+#: the commands that run under torchrun (one process per rank; rank 0 prints and writes)
+TORCHRUN_COMMANDS = ("run", "compare", "importance")
+
+
 def _experiment(args: argparse.Namespace, seeds: Sequence[int], command: str) -> int:
+    with process_group(args.device) as device:
+        return _experiment_on(args, seeds, command, device)
+
+
+def _experiment_on(
+    args: argparse.Namespace, seeds: Sequence[int], command: str, device: str
+) -> int:
     granularity = [] if args.granularity is None else [f"mas.granularity={args.granularity}"]
     spec = ExperimentSpec(
         benchmark=args.benchmark,
@@ -461,7 +477,7 @@ def _experiment(args: argparse.Namespace, seeds: Sequence[int], command: str) ->
             lr_decay_epochs=args.lr_decay_epochs,
             lr_decay_factor=args.lr_decay_factor,
             grad_clip=args.grad_clip,
-            device=args.device,
+            device=device,
             amp=args.amp,
             workers=args.workers,
             first_task_lr=args.first_task_lr,
@@ -482,9 +498,11 @@ def _experiment(args: argparse.Namespace, seeds: Sequence[int], command: str) ->
         augment=args.augment,
     )
     out = args.out or default_out_dir(spec, command)
-    results, paths = _run_and_write(spec, out, not args.no_progress and sys.stderr.isatty())
-    print(results_table(results))
-    print(f"\nreport written to {out}/: " + ", ".join(p.name for p in paths))
+    show = not args.no_progress and sys.stderr.isatty() and is_main_process()
+    results, paths = _run_and_write(spec, out, show)
+    if is_main_process():
+        print(results_table(results))
+        print(f"\nreport written to {out}/: " + ", ".join(p.name for p in paths))
     return 0
 
 
@@ -498,19 +516,23 @@ def _run_and_write(
 
     ``annotate`` adds to the finished results before they are written. Bad input fails before
     any work; a method that fails later leaves results.json with the finished methods and
-    ``failed``, and raises :class:`MemawareError` naming them.
+    ``failed``, and raises :class:`MemawareError` naming them. Under torchrun only rank 0 writes
+    (the others return no paths).
     """
     spec.check()
-    created = prepare_out_dir(out)
+    writes = is_main_process()
+    created = prepare_out_dir(out) if writes else False
 
     def checkpoint(partial: dict[str, Any]) -> None:  # each method's results, once it is done
-        _write(partial, out, report=False)
+        if writes:
+            _write(partial, out, report=False)
 
     try:
         results = run_experiment(spec, show_progress=show_progress, on_result=checkpoint)
     except ExperimentError as exc:
         finished = list(exc.results["methods"])
-        _write(exc.results, out, report=bool(finished))
+        if writes:
+            _write(exc.results, out, report=bool(finished))
         raise MemawareError(
             f"{exc}; results of the {len(finished)} finished method(s) "
             f"({', '.join(finished) or 'none'}) written to {out}/"
@@ -522,7 +544,7 @@ def _run_and_write(
         raise
     if annotate is not None:
         results = annotate(results)
-    return results, _write(results, out, report=True)
+    return results, _write(results, out, report=True) if writes else []
 
 
 def _paper(args: argparse.Namespace) -> int:
@@ -683,6 +705,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; bad input ends with one line on stderr and exit status 2."""
     args = build_parser().parse_args(argv)
     try:
+        if launched_by_torchrun() and args.command not in TORCHRUN_COMMANDS:
+            raise MemawareError(
+                f"memaware {args.command} runs as one process; under torchrun only "
+                f"{', '.join(TORCHRUN_COMMANDS)} do"
+            )
         if args.command == "run":
             return _experiment(args, [args.seed], "run")
         if args.command == "compare":
@@ -699,6 +726,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _paper(args)
         if args.command == "stream":
             return stream_command(args)
+        if args.command == "importance":
+            return importance_cli.main(args)
         if args.command == "models":
             print(models_table())
             return 0

@@ -7,13 +7,15 @@ Computed with the same per-layer rules as MAS, with f = (·)² in place of |·|.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from memaware.distributed.process_group import is_distributed
+from memaware.distributed.reduce import Distributed, combined, rank_share
 from memaware.errors import ConfigError
 from memaware.importance.exact import ExactEngine
 from memaware.importance.mas import Mode, OutputFn, _device, _ModeSwitch, model_output
@@ -30,26 +32,32 @@ def fisher(
     mode: Mode = "eval",
     max_samples: int | None = None,
     generator: torch.Generator | None = None,
+    distributed: Distributed = "shard",
 ) -> Importance:
     """Exact per-sample diagonal Fisher of the log-likelihood of ``outputs(model, x)`` (logits).
 
     ``data`` yields ``(x, y, ...)`` batches; ``y`` is only read for the empirical Fisher.
+    ``distributed`` is as for :func:`memaware.importance.mas`: under a process group, ``shard``
+    measures this rank's batches of the common stream and all-reduces the sums and counts. The
+    true Fisher draws its labels from ``generator`` batch after batch, so a rank measuring every
+    N-th batch would draw others: it takes ``none`` there (every rank computes the whole Fisher,
+    the same on each when the model, data and generator are).
     """
     if labels not in ("empirical", "true"):
         raise ConfigError(f"unknown Fisher labels {labels!r}; use 'empirical' or 'true'")
+    if labels == "true" and distributed == "shard" and is_distributed():
+        raise ConfigError(
+            "fisher: labels='true' draws labels batch after batch from one generator, so sharded "
+            "batches would draw other labels than one process; pass distributed='none' (every "
+            "rank computes the whole Fisher) or use labels='empirical'"
+        )
     forward = outputs or model_output
     device = _device(model)
     engine = ExactEngine(model, torch.square, 2)
     n = 0
     with _ModeSwitch(model, mode), torch.enable_grad():
-        for batch in data:
-            if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-                raise ConfigError("the Fisher needs (inputs, labels) batches")
-            x, y = batch[0].to(device), batch[1].to(device)
-            if max_samples is not None:
-                x, y = x[: max_samples - n], y[: max_samples - n]
-            if len(x) == 0:
-                break
+        for x, y in rank_share(_labelled(data, max_samples), distributed):
+            x, y = x.to(device), y.to(device)
 
             def objectives(
                 m: nn.Module, inputs: torch.Tensor, y: torch.Tensor = y
@@ -68,4 +76,24 @@ def fisher(
             engine.add_batch(x, objectives)
             n += len(x)
     meta = {"method": "fisher", "labels": labels, "mode": mode}
-    return Importance(engine.sums, dict.fromkeys(engine.sums, n), n, meta)
+    estimate = Importance(engine.sums, dict.fromkeys(engine.sums, n), n, meta)
+    return combined(estimate, distributed, device)
+
+
+def _labelled(
+    data: Iterable[Any], max_samples: int | None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(x, y)`` of each batch, the stream cut after ``max_samples`` rows."""
+    seen = 0
+    for batch in data:
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise ConfigError("the Fisher needs (inputs, labels) batches")
+        x, y = batch[0], batch[1]
+        if max_samples is not None:
+            x, y = x[: max_samples - seen], y[: max_samples - seen]
+        if len(x) == 0:
+            return
+        seen += len(x)
+        yield x, y
+        if max_samples is not None and seen >= max_samples:
+            return

@@ -33,6 +33,7 @@ from torch import nn
 from torch.autograd.graph import Node, get_gradient_edge
 from torch.utils._pytree import tree_flatten
 
+from memaware.distributed.reduce import Distributed, combined, rank_share
 from memaware.errors import ConfigError
 from memaware.importance.capture import OwnedParameters, owners, recording
 from memaware.importance.mas import Mode, _device, _ModeSwitch, input_batches
@@ -53,6 +54,7 @@ def local_mas(
     *,
     mode: Mode = "eval",
     max_samples: int | None = None,
+    distributed: Distributed = "shard",
 ) -> Importance:
     """l-MAS importance of every ``nn.Linear``, ``nn.Conv1d`` and ``nn.Conv2d`` layer of ``model``.
 
@@ -82,6 +84,8 @@ def local_mas(
         data: iterable of input batches (a tensor, or a tuple/list whose first item is the input).
         mode: ``"eval"`` (paper, dropout off, BatchNorm running statistics) or ``"train"``.
         max_samples: use at most this many inputs.
+        distributed: under a process group, as for :func:`memaware.importance.mas` (``shard``:
+            this rank's batches of the common stream, sums and counts all-reduced).
 
     Other parameter layers get no l-MAS importance; no parameter gradient is computed.
     """
@@ -90,7 +94,7 @@ def local_mas(
     sums: dict[str, torch.Tensor] = {}
     n = 0
     with _ModeSwitch(model, mode):
-        for x in input_batches(data, max_samples):
+        for x in rank_share(input_batches(data, max_samples), distributed):
             for y, entry, args in _outputs(model, x.to(device), layers):
                 if args[0].shape[0] != len(x):  # per-sample sums need the sample on dimension 0
                     raise ConfigError(
@@ -108,7 +112,7 @@ def local_mas(
                     sums[full] = sums[full] + value if full in sums else value
             n += len(x)
     meta = {"method": "l-mas", "mode": mode}
-    return Importance(sums, dict.fromkeys(sums, n), n, meta)
+    return combined(Importance(sums, dict.fromkeys(sums, n), n, meta), distributed, device)
 
 
 def _outputs(

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from memaware.distributed.reduce import Distributed, combined, rank_share
 from memaware.errors import ConfigError
 from memaware.importance.exact import ExactEngine
 from memaware.importance.rules import compute_dtype
@@ -124,6 +125,7 @@ def mas(
     mode: Mode = "eval",
     max_samples: int | None = None,
     sample_dims: Mapping[str, int] | None = None,
+    distributed: Distributed = "shard",
 ) -> Importance:
     """MAS importance of every trainable parameter of ``model`` that reaches F, keyed by name.
 
@@ -138,6 +140,12 @@ def mas(
         sample_dims: module name -> the dimension that holds the sample in that module's (and
             its descendants') inputs and outputs, where it is not 0 and the engine cannot tell
             from the sizes (see :mod:`memaware.importance.exact`).
+        distributed: under a ``torch.distributed`` process group (no effect without one):
+            ``"shard"`` (every rank passes the same ``data``; rank r measures its batches
+            r, r + N, ..., after ``max_samples`` cut the stream, and the sums and counts are
+            all-reduced: the one-process Ω on every rank), ``"reduce"`` (``data`` is this
+            rank's own shard; all-reduced) or ``"none"`` (this rank's estimate alone). See
+            :mod:`memaware.distributed.reduce`.
 
     Returns:
         :class:`Importance` whose mapping view is Ω, with ``n_samples`` = inputs used.
@@ -147,22 +155,24 @@ def mas(
     objectives = output_objectives(norm, outputs or model_output)
     device = _device(model)
     meta = {"method": "mas", "granularity": granularity, "norm": norm, "mode": mode}
+    stream = rank_share(input_batches(data, max_samples), distributed)
     with _ModeSwitch(model, mode), torch.enable_grad():
         if granularity == "sample":
             engine = ExactEngine(model, torch.abs, 1, sample_dims)
             n = 0
-            for x in input_batches(data, max_samples):
+            for x in stream:
                 engine.add_batch(x.to(device), objectives)
                 n += len(x)
-            return Importance(engine.sums, dict.fromkeys(engine.sums, n), n, meta)
-        return _batched(model, data, objectives, max_samples, meta, device)
+            estimate = Importance(engine.sums, dict.fromkeys(engine.sums, n), n, meta)
+        else:
+            estimate = _batched(model, stream, objectives, meta, device)
+    return combined(estimate, distributed, device)
 
 
 def _batched(
     model: nn.Module,
-    data: Iterable[Any],
+    stream: Iterable[torch.Tensor],
     objectives: Callable[[nn.Module, torch.Tensor], Sequence[torch.Tensor]],
-    max_samples: int | None,
     meta: dict[str, str],
     device: torch.device,
 ) -> Importance:
@@ -172,7 +182,7 @@ def _batched(
     names, params = zip(*trainable, strict=True)
     sums: dict[str, torch.Tensor] = {}
     n_batches = n_samples = 0
-    for x in input_batches(data, max_samples):
+    for x in stream:
         losses = objectives(model, x.to(device))
         magnitude: list[torch.Tensor | None] = [None] * len(params)
         for i, loss in enumerate(losses):

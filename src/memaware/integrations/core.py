@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from memaware.distributed.reduce import Distributed
 from memaware.errors import ConfigError
 from memaware.importance import Importance, accumulate, mas
 from memaware.importance.mas import OutputFn
@@ -176,10 +177,18 @@ class MASRegulariser:
         self._anchored: dict[str, nn.Parameter] = {}  # the parameters the penalty holds, by name
 
     def importance(
-        self, model: nn.Module, data: Iterable[Any] | torch.Tensor, outputs: Outputs | None = None
+        self,
+        model: nn.Module,
+        data: Iterable[Any] | torch.Tensor,
+        outputs: Outputs | None = None,
+        distributed: Distributed = "shard",
     ) -> Importance:
         """Ω_new of ``model`` on the inputs of ``data`` (unlabelled), F = ``outputs`` (default
-        :func:`model_output`), in eval mode, with the options' granularity, norm and max_samples."""
+        :func:`model_output`), in eval mode, with the options' granularity, norm and max_samples.
+
+        Under a process group, ``distributed`` says how ``data`` relates to the ranks (see
+        :func:`memaware.importance.mas`): ``shard`` (the same data on every rank), ``reduce``
+        (each rank's own rows) or ``none``."""
         if isinstance(data, torch.Tensor):
             data = torch.split(data, self.opts.importance_batch_size)
         stream = _ImportanceBatches(data, _parameter_device(model))
@@ -190,17 +199,22 @@ class MASRegulariser:
             norm=self.opts.norm,
             outputs=stream.output(outputs or model_output),
             max_samples=self.opts.max_samples,
+            distributed=distributed,
         )
 
     def consolidate(
-        self, model: nn.Module, data: Iterable[Any] | torch.Tensor, outputs: Outputs | None = None
+        self,
+        model: nn.Module,
+        data: Iterable[Any] | torch.Tensor,
+        outputs: Outputs | None = None,
+        distributed: Distributed = "shard",
     ) -> Importance:
         """End of a task: Ω_new (:meth:`importance`), Ω ← Ω + Ω_new (or the blend), θ* ← θ now.
 
         Returns Ω_new. Parameters that do not reach F (a head of another task, a frozen layer)
         have no Ω_new; those added since the last consolidation join the penalty now.
         """
-        new = self.importance(model, data, outputs)
+        new = self.importance(model, data, outputs, distributed)
         if not new.n_samples:
             raise ConfigError(
                 "the importance data yielded no input (an iterator already used up by an "

@@ -72,7 +72,9 @@ def task_fisher(
     """Exact diagonal Fisher of ``task``'s training data on the logits of the task's head.
 
     With ``labels="true"`` the sampled labels come from a generator seeded by ``seed`` and the
-    task's index, on the model's device, so the same run gives the same Fisher.
+    task's index, on the model's device, so the same run gives the same Fisher. Under a process
+    group the empirical Fisher is sharded over the ranks and all-reduced; the true one is
+    computed whole on every rank (its labels are drawn batch after batch), the same on each.
     """
     device = model.device
     generator = torch.Generator(device=device).manual_seed(task_seed(seed, task))
@@ -83,6 +85,7 @@ def task_fisher(
         outputs=heads_output([task.head]),
         max_samples=max_samples,
         generator=generator,
+        distributed="shard" if labels == "empirical" else "none",
     )
     return {name: value.detach() for name, value in estimate.items()}
 

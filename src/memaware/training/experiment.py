@@ -29,6 +29,7 @@ from memaware import __version__
 from memaware.configs import preset
 from memaware.data.benchmarks import DataRequest, check_benchmark, make_scenario
 from memaware.data.scenarios import SETTINGS, Scenario
+from memaware.distributed.ddp import check_methods
 from memaware.errors import ConfigError, MemawareError
 from memaware.methods import METHODS, MethodOptions, check_task_loop, make_options, methods_for
 from memaware.models import MultiHeadClassifier, build_model, check_model, preprocessing
@@ -106,6 +107,7 @@ class ExperimentSpec:
                 f"known: {', '.join(METHODS)}, or all"
             )
         check_task_loop(names)
+        check_methods(names)
         unsupported = [
             m for m in names if m in METHODS and self.scenario not in METHODS[m].scenarios
         ]

@@ -31,6 +31,8 @@ from memaware.data.datasets import (
     for_evaluation,
 )
 from memaware.data.scenarios import Scenario, Task, validation_splits
+from memaware.distributed import shard_batches, sum_over_ranks
+from memaware.distributed.ddp import TaskLoss, check_methods, distributed_task_loss
 from memaware.errors import ConfigError
 from memaware.methods.base import Batch, Method
 from memaware.metrics import AccuracyMatrix
@@ -93,13 +95,17 @@ def evaluate(
     batch_size: int = 2048,
     loader: LoaderOptions = IN_PROCESS,
 ) -> float:
-    """Accuracy on the task's test set, answered by the task's head (fraction in [0, 1])."""
+    """Accuracy on the task's test set, answered by the task's head (fraction in [0, 1]).
+
+    Under a process group each rank scores its batches (:func:`~memaware.distributed.shard_batches`)
+    and the counts of correct answers are summed over the ranks: the same accuracy on every rank.
+    """
     model.eval()
     device = model.device
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    for x, y in batches(task.test, batch_size, device=device, loader=loader):
+    for x, y in shard_batches(batches(task.test, batch_size, device=device, loader=loader)):
         correct += (model(x, task.head).argmax(-1) == y).sum()
-    return int(correct) / len(task.test)
+    return int(sum_over_ranks(correct)) / len(task.test)
 
 
 def training_step(
@@ -111,6 +117,7 @@ def training_step(
     *,
     precision: MixedPrecision | None = None,
     grad_clip: float | None = None,
+    loss_fn: TaskLoss = task_loss,
 ) -> None:
     """One optimizer step on ``batch``: cross-entropy + the method's loss term, its gradient hooks.
 
@@ -123,10 +130,12 @@ def training_step(
 
     With ``precision`` the forward pass runs under autocast and, for fp16, the loss is scaled;
     the gradients are unscaled before ``after_backward`` adds the method's gradient terms, and
-    ``grad_clip`` then bounds the global norm of the whole gradient.
+    ``grad_clip`` then bounds the global norm of the whole gradient. ``loss_fn`` computes the
+    cross-entropy (under torchrun, :mod:`memaware.distributed.ddp`'s, whose ``backward``
+    all-reduces the gradients before ``after_backward`` sees them).
     """
     with precision.autocast() if precision is not None else contextlib.nullcontext():
-        loss = task_loss(model, batch.x, batch.y, batch.heads)
+        loss = loss_fn(model, batch.x, batch.y, batch.heads)
         extra = method.loss_term(model, batch)
         if extra is not None:
             loss = loss + extra
@@ -258,6 +267,7 @@ def train_task(
     device = model.device
     loader = _loader_options(config, device)
     past_heads = past_head_parameters(model, tasks)
+    loss_fn = distributed_task_loss(model, {t.head for t in tasks}, task_loss)
     epochs = training_batches(tasks, config, generator, device)
     scores: list[float] = []
     best: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
@@ -273,6 +283,7 @@ def train_task(
                 past_heads,
                 precision=precision,
                 grad_clip=config.grad_clip,
+                loss_fn=loss_fn,
             )
         if validation:
             scores.append(_accuracy_in_passing(model, validation, config.eval_batch_size, loader))
@@ -310,6 +321,7 @@ def run_method(
         raise ConfigError(
             f"method {method.name} does not support the {scenario.setting}-incremental scenario"
         )
+    check_methods([method.name])
     device = resolve_device(config.device)
     loader = _loader_options(config, device)
     precision = MixedPrecision(config.amp, device) if config.amp != "none" else None
