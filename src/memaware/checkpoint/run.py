@@ -76,6 +76,14 @@ class CheckpointOptions:
         if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 0:
             raise ConfigError(f"--checkpoint-every must be an integer >= 0, got {self.every!r}")
 
+    def check_fresh(self) -> None:
+        """:class:`ConfigError` if a run that does not resume finds checkpoints under ``root``."""
+        if not self.resume and any(self.root.glob("*/step-*")):
+            raise ConfigError(
+                f"{self.root} holds checkpoints of an earlier run: resume it (--resume), "
+                "write to another output folder, or delete that folder"
+            )
+
     def for_run(
         self,
         config: Mapping[str, Any],
@@ -309,6 +317,7 @@ class RunCheckpoints:
                 "validation": [list(s) for s in run.scores],
             },
             "wall_time_s": time.perf_counter() - self._began,
+            "checkpoint_every": self.every,
             "optimizer": {
                 "groups": [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups],
                 "state": optimizer_json,

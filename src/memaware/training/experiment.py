@@ -235,6 +235,8 @@ def run_experiment(
     step, e.g. a model that does not fit the data), which is raised as it is.
     """
     spec.check()
+    if checkpoints is not None:
+        checkpoints.check_fresh()
     scenario = make_scenario(spec.benchmark, **vars(spec.data_request()))
     methods: dict[str, Any] = {}
     results: dict[str, Any] = {
