@@ -121,6 +121,20 @@ def test_a_resumed_run_is_bit_identical(
     assert again.wall_time_s > 0
 
 
+def test_a_run_interrupted_twice(
+    scenario: Scenario, tmp_path: Path, interrupt_after: list[int]
+) -> None:
+    config = TrainConfig(epochs=2, batch_size=32)
+    reference = _run("si", scenario, config)
+    for stop in (2, 4):  # steps 12 (task 1, epoch 0) and then 24 (task 2, epoch 1), every 6
+        interrupt_after[0] = stop
+        with pytest.raises(Interrupted):
+            _run("si", scenario, config, CheckpointOptions(tmp_path, every=6, resume=True))
+    _same(
+        reference, _run("si", scenario, config, CheckpointOptions(tmp_path, every=6, resume=True))
+    )
+
+
 @pytest.mark.parametrize("name", ["mas", "si", "lwf"])
 @pytest.mark.parametrize("stop", [1, 2, 5])
 def test_resuming_with_best_epoch_selection(
