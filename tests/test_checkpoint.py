@@ -430,7 +430,7 @@ def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(
     deadline = time.monotonic() + 240
     while not any(folder.glob("step-*")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    time.sleep(random.uniform(0.0, 1.0))
+    time.sleep(random.uniform(0.0, 0.5))
     alive = proc.poll() is None
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
