@@ -48,7 +48,7 @@ METHODS = [
     "mas", "l-mas", "ewc", "online-ewc", "si", "l2", "lwf", "ebll", "mean-imm", "mode-imm",
     "joint", "finetune",
 ]  # fmt: skip
-CONFIG = ExperimentSpec(hidden=(16,)).to_json()  # what run_experiment passes
+CONFIG = json.loads(json.dumps(ExperimentSpec(hidden=(16,)).to_json()))  # as results.json has it
 
 
 @pytest.fixture(scope="module")
