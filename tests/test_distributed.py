@@ -11,9 +11,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import random
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from safetensors.torch import save_file
 from torch import nn
 
 from memaware.cli.main import main
@@ -36,7 +38,6 @@ from memaware.importance import Importance, fisher, local_mas, mas
 from memaware.importance.mas import batches
 from memaware.models import build_model
 from memaware.models.multihead import MultiHeadClassifier
-from memaware.training.experiment import ExperimentSpec
 from memaware.training.loop import task_loss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -234,33 +235,17 @@ def small_mnist(mnist: ImageDataset, tmp_path_factory: pytest.TempPathFactory) -
 
 
 def _checkpoint(folder: Path, data_dir: Path) -> Path:
-    """A checkpoint in branch ckpt's layout: manifest.json and model.safetensors (3 heads)."""
-    spec = ExperimentSpec(methods=("mas",), hidden=(32,), data_dir=str(data_dir))
-    torch.manual_seed(1)
-    model = build_model("mlp", (1, 28, 28), hidden=(32,))
-    for head in range(3):
-        model.add_head(head, 2)
-    step = folder / "checkpoints" / "mas-seed0" / "step-000000042"
-    step.mkdir(parents=True)
-    save_file(
-        {k: v.contiguous() for k, v in model.state_dict().items()}, step / "model.safetensors"
-    )
-    manifest = {
-        "format": "memaware-checkpoint",
-        "config": spec.to_json(),
-        "method": "mas",
-        "seed": 0,
-        "position": {"task": 2, "step": 42},
-    }
-    (step / "manifest.json").write_text(json.dumps(manifest))
-    return step
+    """The checkpoints of a short MAS run (``memaware run``): its folder of them."""
+    args = ["run", "--methods", "mas", "--epochs", "1", "--hidden", "32", "--data-dir"]
+    assert main([*args, str(data_dir), "--no-progress", "--out", str(folder)]) == 0
+    return folder / "checkpoints" / "mas-seed0"
 
 
 def test_importance_command_under_torchrun_writes_the_one_process_omega(
     small_mnist: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    step = _checkpoint(tmp_path / "run", small_mnist)
-    args = ["importance", "--checkpoint", str(step), "--task", "2", "--data", "both"]
+    saved = _checkpoint(tmp_path / "run", small_mnist)
+    args = ["importance", "--checkpoint", str(saved), "--task", "2", "--data", "both"]
     args += ["--batch-size", "100"]  # 300 + 600 inputs: 9 batches, 5 on rank 0 and 4 on rank 1
     assert main([*args, "--out", str(tmp_path / "one.safetensors")]) == 0
     done = _torchrun([*args, "--out", str(tmp_path / "two.safetensors")], tmp_path)
@@ -304,9 +289,11 @@ def test_run_under_torchrun_gives_the_one_process_accuracy(
 def test_only_rank_0_writes(
     small_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import memaware.checkpoint.run as checkpoint_run
     import memaware.cli.main as cli
 
     monkeypatch.setattr(cli, "is_main_process", lambda: False)
+    monkeypatch.setattr(checkpoint_run, "is_main_process", lambda: False)  # nor checkpoints
     out = tmp_path / "out"
     args = ["run", "--methods", "finetune", "--epochs", "1", "--hidden", "8"]
     assert main([*args, "--data-dir", str(small_mnist), "--no-progress", "--out", str(out)]) == 0
@@ -356,3 +343,38 @@ def test_the_device_of_a_rank(monkeypatch: pytest.MonkeyPatch) -> None:
     assert rank_device("cuda") == "cuda:1" and rank_device("cpu") == "cpu"
     with pytest.raises(ConfigError, match="every process on one GPU"):
         rank_device("cuda:0")
+
+
+def test_a_run_killed_under_torchrun_resumes_under_torchrun(
+    small_mnist: Path, tmp_path: Path
+) -> None:
+    """SIGKILL to every rank after the first checkpoint, ``--resume`` on two processes again:
+    the accuracy matrix of an uninterrupted one-process run (rank 0 alone wrote checkpoints)."""
+    args = ["run", "--methods", "mas", "--epochs", "20", "--hidden", "16", "--batch-size", "50"]
+    args += ["--data-dir", str(small_mnist), "--no-progress"]
+    one, killed = tmp_path / "one", tmp_path / "killed"
+    assert main([*args, "--out", str(one)]) == 0
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    command = [str(TORCHRUN), "--nproc_per_node=2", "--master_port", str(_free_port())]
+    command += ["-m", "memaware", *args, "--checkpoint-every", "25", "--out", str(killed)]
+    proc = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    folder = killed / "checkpoints" / "mas-seed0"
+    deadline = time.monotonic() + 240
+    while not any(folder.glob("step-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(random.uniform(0.0, 0.2))
+    alive = proc.poll() is None
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks
+    proc.wait(timeout=60)
+    assert alive, "the run ended before it could be killed: give it more work"
+    assert not (killed / "results.json").exists()
+    done = _torchrun(["run", "--resume", str(killed), "--no-progress"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    a, b = (
+        np.array(json.loads((d / "results.json").read_text())["methods"]["mas"]["accuracy_matrix"])
+        for d in (one, killed)
+    )
+    assert np.nanmax(np.abs(a.astype(float) - b.astype(float))) <= 0.005

@@ -13,12 +13,14 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "StrPath",
+    "atomic_directory",
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_json",
@@ -55,6 +57,41 @@ def atomic_path(path: StrPath) -> Iterator[Path]:
             os.unlink(tmp)
         raise
     _fsync_dir(target.parent)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: StrPath) -> Iterator[Path]:
+    """Yield an empty temporary folder next to `path`; move it onto `path` if the block succeeds.
+
+    Every file written into the folder is fsynced, then the folder is renamed to `path` and the
+    parent folder fsynced, so `path` appears complete or not at all. An existing `path` is
+    replaced: it is first renamed aside and deleted once the new folder is in place (a crash in
+    between leaves neither, never a mixture). If the block raises, the temporary folder is
+    removed and `path` is left as it was.
+    """
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    tmp.mkdir()
+    try:
+        yield tmp
+        for file in tmp.iterdir():
+            fd = os.open(file, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(tmp)
+        old = target.with_name(f".{target.name}.{secrets.token_hex(4)}.old")
+        replaced = target.exists()
+        if replaced:
+            os.replace(target, old)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(target.parent)
+    if replaced:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _fsync_dir(folder: Path) -> None:

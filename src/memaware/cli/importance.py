@@ -18,14 +18,11 @@ sums and counts are all-reduced (the file holds the one-process Ω); rank 0 writ
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError
-from safetensors.torch import load_file
-
+from memaware.checkpoint import load_checkpoint_model
 from memaware.data.benchmarks import make_scenario
 from memaware.data.datasets import batches, concat, for_evaluation
 from memaware.data.scenarios import Scenario, Task
@@ -33,69 +30,10 @@ from memaware.distributed import is_main_process, process_group
 from memaware.errors import ConfigError, DataError
 from memaware.importance import Importance, mas
 from memaware.importance.mas import NORMS
-from memaware.models import MultiHeadClassifier, build_model
+from memaware.models import MultiHeadClassifier
 from memaware.models.multihead import heads_output
 from memaware.training.config import resolve_device
 from memaware.training.experiment import ExperimentSpec
-
-# --- the checkpoint layout (branch ckpt): the one place that reads it -----------------------
-# OUT/checkpoints/<method>-seed<seed>/step-<NNNNNNNNN>/{manifest.json, model.safetensors}
-
-CHECKPOINT_FORMAT = "memaware-checkpoint"
-
-
-def _read_config(path: Path) -> dict[str, Any]:
-    """The run's ``config`` from the checkpoint's ``manifest.json`` (``path``: its folder or itself)."""
-    manifest = path / "manifest.json" if path.is_dir() else path
-    try:
-        text = json.loads(manifest.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(
-            f"{path} is not a memaware checkpoint: cannot read {manifest.name} ({exc}); give a "
-            "checkpoint folder OUT/checkpoints/<method>-seed<seed>/step-<N>/"
-        ) from None
-    if not isinstance(text, dict) or text.get("format") != CHECKPOINT_FORMAT:
-        raise DataError(
-            f"{path} is not a memaware checkpoint: its manifest.json lacks "
-            f'"format": "{CHECKPOINT_FORMAT}"'
-        )
-    config = text.get("config")
-    if not isinstance(config, dict):
-        raise DataError(f"{path}: the checkpoint's manifest.json holds no run config")
-    return config
-
-
-def _load_model(
-    path: Path, config: dict[str, Any], input_shape: tuple[int, ...]
-) -> MultiHeadClassifier:
-    """The checkpoint's model: ``build_model`` as the run built it, its heads, its state_dict."""
-    folder = path if path.is_dir() else path.parent
-    try:
-        state = load_file(str(folder / "model.safetensors"))
-    except (OSError, SafetensorError) as exc:
-        raise DataError(
-            f"{folder}: cannot read the checkpoint's model.safetensors ({exc})"
-        ) from None
-    model = build_model(
-        str(config.get("model", "mlp")), input_shape, tuple(config.get("hidden", (400, 400)))
-    )
-    heads = sorted(
-        (int(key.split(".")[1]), value.shape[0])
-        for key, value in state.items()
-        if key.startswith("heads.") and key.endswith(".weight")
-    )
-    for head, n_classes in heads:
-        model.add_head(head, n_classes)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise DataError(
-            f"{folder}: model.safetensors does not fit the run's model: {exc}"
-        ) from None
-    return model
-
-
-# --- the command ----------------------------------------------------------------------------
 
 
 def add_parser(commands: Any) -> None:
@@ -107,7 +45,13 @@ def add_parser(commands: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add = parser.add_argument
-    add("--checkpoint", type=Path, required=True, help="a checkpoint folder (step-<N>/)")
+    add(
+        "--checkpoint",
+        type=Path,
+        required=True,
+        help="a checkpoint folder OUT/checkpoints/<method>-seed<seed>/step-<N> or the "
+        "<method>-seed<seed> folder (its newest good checkpoint)",
+    )
     add("--task", required=True, help="the task: its index in the stream (from 0) or its name")
     add("--data", choices=("train", "test", "both"), default="train", help="default train")
     add("--benchmark", default=None, help="default: the checkpoint run's")
@@ -165,12 +109,12 @@ def _data(task: Task, which: str) -> Any:
 
 
 def _omega(
-    args: argparse.Namespace, config: dict[str, Any], spec: ExperimentSpec, device: str
+    args: argparse.Namespace, model: MultiHeadClassifier, spec: ExperimentSpec, device: str
 ) -> tuple[Importance, Task]:
     """Ω of the checkpoint's model on the task's data, and the task (on every rank, all-reduced)."""
     scenario = make_scenario(spec.benchmark, **vars(spec.data_request()))
     tasks = scenario.tasks[: _task(scenario, args.task) + 1]
-    model = _load_model(args.checkpoint, config, scenario.input_shape).to(resolve_device(device))
+    model = model.to(resolve_device(device))
     heads = [tasks[-1].head] if args.heads == "current" else [t.head for t in tasks]
     missing = [h for h in dict.fromkeys(heads) if h not in model.head_ids]
     if missing:
@@ -195,11 +139,11 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError("--batch-size and --max-samples must be at least 1")
     if args.out.suffix != ".safetensors":
         raise ConfigError(f"--out {args.out}: the Importance file must end in .safetensors")
-    config = _read_config(args.checkpoint)
-    spec = _spec(config, args)
+    model, manifest = load_checkpoint_model(args.checkpoint)
+    spec = _spec(manifest["config"], args)
     spec.check()
     with process_group(args.device) as device:
-        omega, task = _omega(args, config, spec, device)
+        omega, task = _omega(args, model, spec, device)
         if is_main_process():
             try:
                 args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from memaware.checkpoint import CheckpointOptions
+from memaware.checkpoint.resume import resumed_spec, saved_run
 from memaware.cli import importance as importance_cli
 from memaware.cli import selective as selective_cli
 from memaware.cli.stream import add_stream_parser, stream_command
@@ -42,7 +44,7 @@ from memaware.configs import PRESET_DIR, load_presets, preset_path
 from memaware.data.benchmarks import BENCHMARKS, check_benchmark
 from memaware.data.scenarios import SETTINGS
 from memaware.distributed import is_main_process, launched_by_torchrun, process_group
-from memaware.errors import MemawareError
+from memaware.errors import ConfigError, MemawareError
 from memaware.files import atomic_write_json
 from memaware.methods import METHODS, method_class, option_docs, parse_option
 from memaware.methods.options import PRESET_KEY, show
@@ -284,6 +286,23 @@ def _add_experiment_options(parser: argparse.ArgumentParser, methods: list[str])
         default=None,
         help="output folder (default runs/<command>-<benchmark>-...)",
     )
+    add(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="checkpoint each method and seed into OUT/checkpoints after every task and every N "
+        "optimizer steps (default 0: after every task only; with --resume: the run's)",
+    )
+    add(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="OUT",
+        help="go on with the run in output folder OUT from its newest good checkpoints "
+        "(finished methods are not trained again); options given must equal the run's, "
+        "omitted ones are read from it",
+    )
     add("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -452,15 +471,42 @@ TORCHRUN_COMMANDS = ("run", "compare", "importance")
 
 
 def _experiment(args: argparse.Namespace, seeds: Sequence[int], command: str) -> int:
-    with process_group(args.device) as device:
-        return _experiment_on(args, seeds, command, device)
+    spec = _spec(args, seeds)
+    every = args.checkpoint_every
+    if args.resume is not None:
+        spec, every, out = _resumed(args, spec, command)
+    else:
+        out = args.out or default_out_dir(spec, command)
+    checkpoints = CheckpointOptions(out / "checkpoints", every or 0, args.resume is not None)
+    # Under torchrun the group sets each rank's current CUDA device, which the spec's "cuda"
+    # then names; the spec (and what results.json and the checkpoints record) keeps the option.
+    with process_group(spec.train.device):
+        show = not args.no_progress and sys.stderr.isatty() and is_main_process()
+        results, paths = _run_and_write(spec, out, show, checkpoints=checkpoints)
+        if is_main_process():
+            print(results_table(results))
+            print(f"\nreport written to {out}/: " + ", ".join(p.name for p in paths))
+    return 0
 
 
-def _experiment_on(
-    args: argparse.Namespace, seeds: Sequence[int], command: str, device: str
-) -> int:
+def _resumed(
+    args: argparse.Namespace, given: ExperimentSpec, command: str
+) -> tuple[ExperimentSpec, int, Path]:
+    """``--resume OUT``: the run's spec (checked against the options given), interval and folder."""
+    out: Path = args.resume
+    if args.out is not None and args.out.resolve() != out.resolve():
+        raise ConfigError(f"--out {args.out} and --resume {out}: a resumed run writes into OUT")
+    config, every = saved_run(out)
+    defaults = build_parser().parse_args([command])
+    seeds = [defaults.seed] if command == "run" else range(defaults.seeds)
+    spec = resumed_spec(given, _spec(defaults, seeds), config)
+    return spec, every if args.checkpoint_every is None else args.checkpoint_every, out
+
+
+def _spec(args: argparse.Namespace, seeds: Sequence[int]) -> ExperimentSpec:
+    """The experiment the options of ``memaware run`` / ``compare`` describe."""
     granularity = [] if args.granularity is None else [f"mas.granularity={args.granularity}"]
-    spec = ExperimentSpec(
+    return ExperimentSpec(
         benchmark=args.benchmark,
         scenario=args.scenario,
         methods=tuple(args.methods),
@@ -477,7 +523,7 @@ def _experiment_on(
             lr_decay_epochs=args.lr_decay_epochs,
             lr_decay_factor=args.lr_decay_factor,
             grad_clip=args.grad_clip,
-            device=device,
+            device=args.device,
             amp=args.amp,
             workers=args.workers,
             first_task_lr=args.first_task_lr,
@@ -497,13 +543,6 @@ def _experiment_on(
         tasks=tuple(args.tasks),
         augment=args.augment,
     )
-    out = args.out or default_out_dir(spec, command)
-    show = not args.no_progress and sys.stderr.isatty() and is_main_process()
-    results, paths = _run_and_write(spec, out, show)
-    if is_main_process():
-        print(results_table(results))
-        print(f"\nreport written to {out}/: " + ", ".join(p.name for p in paths))
-    return 0
 
 
 def _run_and_write(
@@ -511,10 +550,12 @@ def _run_and_write(
     out: Path,
     show_progress: bool,
     annotate: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    checkpoints: CheckpointOptions | None = None,
 ) -> tuple[dict[str, Any], list[Path]]:
     """Check ``spec`` and ``out``, run it, write the report; the results and the files written.
 
-    ``annotate`` adds to the finished results before they are written. Bad input fails before
+    ``annotate`` adds to the finished results before they are written; ``checkpoints`` says
+    where and how often the run is checkpointed and whether it resumes. Bad input fails before
     any work; a method that fails later leaves results.json with the finished methods and
     ``failed``, and raises :class:`MemawareError` naming them. Under torchrun only rank 0 writes
     (the others return no paths).
@@ -528,7 +569,9 @@ def _run_and_write(
             _write(partial, out, report=False)
 
     try:
-        results = run_experiment(spec, show_progress=show_progress, on_result=checkpoint)
+        results = run_experiment(
+            spec, show_progress=show_progress, on_result=checkpoint, checkpoints=checkpoints
+        )
     except ExperimentError as exc:
         finished = list(exc.results["methods"])
         if writes:

@@ -16,12 +16,13 @@ counts never load an input). Two kinds exist:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler, Sampler
 
 from memaware.errors import ConfigError
 
@@ -182,6 +183,12 @@ class Batches:
     heads), a pass is ``torch.randperm(N, generator)`` (shuffled) or the rows in order, split
     into index slices; otherwise a ``DataLoader`` built once (so that persistent workers live
     across epochs) whose shuffling and workers' seeds derive from ``generator``.
+
+    A shuffled pass records the state of the generator its order is drawn from as it begins
+    (:attr:`pass_state`: ``generator`` in memory, the loader's own otherwise); :meth:`resume_pass`
+    makes the next pass draw from such a state and begin some batches in, which is how a
+    checkpointed run repeats the rest of an interrupted epoch exactly (the batches skipped are
+    never loaded).
     """
 
     def __init__(
@@ -202,6 +209,8 @@ class Batches:
         self.generator = generator
         self._tensors: tuple[torch.Tensor, ...] | None = None
         self._loader: DataLoader[Any] | None = None
+        self._pass_state: torch.Tensor | None = None
+        self._resume: tuple[torch.Tensor, int] | None = None
         if isinstance(data, TensorData):
             moved = data.to(device) if device is not None else data
             self._tensors = (moved.x, moved.y)
@@ -216,23 +225,52 @@ class Batches:
             # seeds repeat with the run's seed, whatever device the caller's generator is on.
             seed = int(torch.randint(2**62, (), generator=generator, device=generator.device))
             seed_source = torch.Generator().manual_seed(seed)
+        sampler = None
+        if shuffle:
+            assert seed_source is not None
+            sampler = _PassSampler(
+                RandomSampler(range(len(data)), generator=seed_source), seed_source, self
+            )
         self._loader = DataLoader(
             source,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             generator=seed_source,
             num_workers=loader.workers,
             pin_memory=loader.pin_memory and self.device.type != "cpu",
             persistent_workers=loader.persistent_workers and loader.workers > 0,
         )
 
+    @property
+    def pass_state(self) -> torch.Tensor | None:
+        """The shuffling generator's state as the current (or last) shuffled pass began (``None``
+        before the first one)."""
+        return self._pass_state
+
+    def resume_pass(self, state: torch.Tensor, skip: int) -> None:
+        """Let the next pass draw its order from generator state ``state`` (a :attr:`pass_state`)
+        and begin after its first ``skip`` batches."""
+        if not self.shuffle:
+            raise ConfigError("only a shuffled pass can be resumed")
+        self._resume = (state, skip)
+
+    def _begin_pass(self, generator: torch.Generator) -> int:
+        """At a shuffled pass's start: restore or record the generator's state; the batches to skip."""
+        skip = 0
+        if self._resume is not None:
+            (state, skip), self._resume = self._resume, None
+            generator.set_state(state)
+        self._pass_state = generator.get_state()
+        return skip
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         if self._tensors is not None:
             first = self._tensors[0]
             if self.shuffle:
                 assert self.generator is not None
+                skip = self._begin_pass(self.generator)
                 order = torch.randperm(len(first), generator=self.generator).to(first.device)
-                for index in torch.split(order, self.batch_size):
+                for index in torch.split(order, self.batch_size)[skip:]:
                     yield tuple(t[index] for t in self._tensors)
             else:
                 yield from zip(*(torch.split(t, self.batch_size) for t in self._tensors), strict=True)
@@ -240,6 +278,25 @@ class Batches:
         assert self._loader is not None
         for batch in self._loader:
             yield tuple(item.to(self.device, non_blocking=True) for item in batch)
+
+
+class _PassSampler(Sampler[int]):
+    """``sampler``'s indices, each pass begun through :meth:`Batches._begin_pass` (which may skip
+    the indices of the batches an interrupted pass already trained on)."""
+
+    def __init__(self, sampler: RandomSampler, generator: torch.Generator, owner: Batches) -> None:
+        self.sampler = sampler
+        self.generator = generator
+        self.owner = owner
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[int]:
+        # Runs when the loader asks for the pass's first index, after its iterator drew the
+        # workers' base seed: the pass's order is drawn from the recorded (or restored) state.
+        skip = self.owner._begin_pass(self.generator) * self.owner.batch_size
+        yield from itertools.islice(iter(self.sampler), skip, None)
 
 
 class _WithHeads(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):

@@ -10,6 +10,10 @@ Lifecycle for each task t of a stream (Avalanche's vocabulary)::
     after_task(model, task, seen)          # consolidation: importance, anchors, merging
     (every task seen so far is evaluated with the model as after_task left it)
 
+A method's running state (importance, anchors, copies of old models, running sums) goes into a
+checkpoint through :meth:`Method.state_dict` and comes back through :meth:`Method.load_state_dict`
+(:class:`MethodState`: tensors plus JSON values); a method without state keeps the base's (none).
+
 A method's settings are its ``Options`` dataclass (:mod:`memaware.methods.options`), read from
 ``self.opts``; ``Method(Options(...))`` and ``Method(field=value, ...)`` build the same method. The
 ``seed`` is the run's: a method with random streams of its own (sampled Fisher labels, a warm-up's
@@ -20,8 +24,8 @@ seeds differ there too and runs under one seed repeat exactly.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -44,6 +48,41 @@ class Batch:
     x: torch.Tensor
     y: torch.Tensor
     heads: torch.Tensor | int
+
+
+@dataclass
+class MethodState:
+    """A method's running state for a checkpoint: tensors by name, the rest JSON-able ``values``.
+
+    :meth:`put` stores a mapping of tensors (parameter name -> tensor) under a prefix and records
+    its names, in order, in ``values``; :meth:`take` gives it back. Lists of such mappings (one
+    per task) are ``put_list``/``take_list``. A missing entry raises ``KeyError``.
+    """
+
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def put(self, prefix: str, tensors: Mapping[str, torch.Tensor]) -> None:
+        self.values[prefix] = list(tensors)
+        for name, tensor in tensors.items():
+            self.tensors[f"{prefix}/{name}"] = tensor
+
+    def take(self, prefix: str, device: torch.device | None = None) -> dict[str, torch.Tensor]:
+        """The mapping :meth:`put` stored under ``prefix`` (moved to ``device`` if given)."""
+        return {
+            name: self.tensors[f"{prefix}/{name}"].to(device or "cpu")
+            for name in self.values[prefix]
+        }
+
+    def put_list(self, prefix: str, items: Sequence[Mapping[str, torch.Tensor]]) -> None:
+        self.values[prefix] = len(items)
+        for k, item in enumerate(items):
+            self.put(f"{prefix}/{k}", item)
+
+    def take_list(
+        self, prefix: str, device: torch.device | None = None
+    ) -> list[dict[str, torch.Tensor]]:
+        return [self.take(f"{prefix}/{k}", device) for k in range(int(self.values[prefix]))]
 
 
 def task_seed(seed: int, task: Task) -> int:
@@ -108,6 +147,18 @@ class Method:
         """The method's settings (the fields of :attr:`opts`), for the report."""
         return dataclasses.asdict(self.opts)
 
+    def state_dict(self) -> MethodState:
+        """Everything the method has learned or accumulated so far, for a checkpoint (base: none).
+
+        Taken between training steps or after a task's evaluation; what is rebuilt from the
+        options (a file named there) or only lives within one step need not be in it.
+        """
+        return MethodState()
+
+    def load_state_dict(self, model: MultiHeadClassifier, state: MethodState) -> None:
+        """Take back :meth:`state_dict`'s state, for ``model`` (the run's model, restored to the
+        same point: its heads and weights), instead of the hooks that built it."""
+
 
 class Penalised(Method):
     """A method that anchors the parameters with a :class:`QuadraticPenalty` once a task ends.
@@ -120,3 +171,23 @@ class Penalised(Method):
     def after_backward(self, model: MultiHeadClassifier) -> None:
         if self.penalty is not None:
             self.penalty.add_to_grad()
+
+    def state_dict(self) -> MethodState:
+        """The base's, and the penalty's λ, Ω and θ* (``penalty/omega``, ``penalty/anchor``)."""
+        state = super().state_dict()
+        if self.penalty is not None:
+            state.values["penalty_strength"] = self.penalty.strength
+            state.put("penalty/omega", self.penalty.omegas)
+            state.put("penalty/anchor", self.penalty.anchors)
+        return state
+
+    def load_state_dict(self, model: MultiHeadClassifier, state: MethodState) -> None:
+        super().load_state_dict(model, state)
+        self.penalty = None
+        if "penalty_strength" in state.values:
+            self.penalty = QuadraticPenalty(
+                model,
+                state.take("penalty/omega"),
+                float(state.values["penalty_strength"]),
+                anchors=state.take("penalty/anchor"),
+            )

@@ -59,7 +59,7 @@ from torch import nn
 from torch.func import functional_call
 
 from memaware.data.scenarios import Task
-from memaware.methods.base import Batch, task_seed
+from memaware.methods.base import Batch, MethodState, task_seed
 from memaware.methods.lwf import LwF, LwFOptions, backbone_features
 from memaware.methods.options import MethodOptions
 from memaware.models.multihead import MultiHeadClassifier
@@ -180,6 +180,24 @@ class EBLL(LwF):
     def encoders(self) -> list[nn.Module]:
         """E_a = σ(W_e · + b_e) of every past task's autoencoder."""
         return [autoencoder.encoder for autoencoder in self.autoencoders]
+
+    def state_dict(self) -> MethodState:
+        """LwF's state and every past task's autoencoder (its state_dict, ``autoencoders/<a>``)."""
+        state = super().state_dict()
+        state.put_list("autoencoders", [a.state_dict() for a in self.autoencoders])
+        return state
+
+    def load_state_dict(self, model: MultiHeadClassifier, state: MethodState) -> None:
+        super().load_state_dict(model, state)
+        self.autoencoders = []
+        for saved in state.take_list("autoencoders"):
+            features, code_size = saved["decoder.weight"].shape
+            autoencoder = Autoencoder(features, code_size)
+            autoencoder.load_state_dict(saved)
+            autoencoder = autoencoder.to(model.device, saved["decoder.weight"].dtype)
+            autoencoder.eval()
+            autoencoder.requires_grad_(False)
+            self.autoencoders.append(autoencoder)
 
     def before_task(self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]) -> None:
         if len(seen) == 1:  # a new stream: forget the codes of an earlier one

@@ -37,7 +37,7 @@ import torch
 from memaware.data.datasets import batches, for_evaluation
 from memaware.data.scenarios import SETTINGS, Setting, Task
 from memaware.importance import fisher
-from memaware.methods.base import Penalised, task_seed
+from memaware.methods.base import MethodState, Penalised, task_seed
 from memaware.methods.options import MethodOptions, SampledOptions, StrengthOptions
 from memaware.models.multihead import MultiHeadClassifier, heads_output
 from memaware.penalties import QuadraticPenalty
@@ -130,6 +130,20 @@ class EWC(Penalised):
         self.fishers.append(f)
         self.anchors.append({name: params[name].detach().clone() for name in f})
         self._consolidate(model)
+
+    def state_dict(self) -> MethodState:
+        """The fused penalty (the base's), every task's F_t and θ*_t, and the constant c."""
+        state = super().state_dict()
+        state.put_list("fishers", self.fishers)
+        state.put_list("anchors", self.anchors)
+        state.values["offset"] = self.offset
+        return state
+
+    def load_state_dict(self, model: MultiHeadClassifier, state: MethodState) -> None:
+        super().load_state_dict(model, state)
+        self.fishers = state.take_list("fishers", model.device)
+        self.anchors = state.take_list("anchors", model.device)
+        self.offset = float(state.values["offset"])
 
     def _consolidate(self, model: MultiHeadClassifier) -> None:
         """Fuse Σ_s F_s (θ − θ*_s)² into Ω (θ − m)² + c (sums in float64)."""

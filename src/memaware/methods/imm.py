@@ -53,7 +53,7 @@ from torch import nn
 
 from memaware.data.scenarios import SETTINGS, Setting, Task
 from memaware.errors import ConfigError
-from memaware.methods.base import Penalised
+from memaware.methods.base import MethodState, Penalised
 from memaware.methods.ewc import task_fisher
 from memaware.methods.options import MethodOptions, SampledOptions, StrengthOptions
 from memaware.models.multihead import MultiHeadClassifier
@@ -235,6 +235,20 @@ class IMM(Penalised):
             if self.opts.strength > 0 and anchored
             else None
         )
+
+    def state_dict(self) -> MethodState:
+        """L2-transfer's penalty (the base's), θ_1..θ_t, F_1..F_t (mode-IMM) and θ_0."""
+        state = super().state_dict()
+        state.put_list("trained", self.trained)
+        state.put_list("fishers", self.fishers)
+        state.put("initial", self.initial)
+        return state
+
+    def load_state_dict(self, model: MultiHeadClassifier, state: MethodState) -> None:
+        super().load_state_dict(model, state)
+        self.trained = state.take_list("trained")
+        self.fishers = state.take_list("fishers")
+        self.initial = state.take("initial")
 
     def after_task(self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]) -> None:
         self.trained.append(_snapshot(model))

@@ -61,7 +61,7 @@ import torch.nn.functional as F
 
 from memaware.data.datasets import LabelledData, batches, for_evaluation
 from memaware.data.scenarios import SETTINGS, Setting, Task
-from memaware.methods.base import Batch, Method, task_seed
+from memaware.methods.base import Batch, Method, MethodState, task_seed
 from memaware.methods.options import MethodOptions, StrengthOptions
 from memaware.models.multihead import MultiHeadClassifier
 
@@ -159,6 +159,23 @@ class LwF(Method):
         self.teacher = freeze(model)
         if task.head not in self.old_heads and self.opts.warmup_epochs > 0:
             self.warm_up(model, task)
+
+    def state_dict(self) -> MethodState:
+        """The teacher's state_dict (``teacher``, when there is one) and the distilled heads."""
+        state = super().state_dict()
+        state.values["old_heads"] = list(self.old_heads)
+        if self.teacher is not None:
+            state.put("teacher", self.teacher.state_dict())
+        return state
+
+    def load_state_dict(self, model: MultiHeadClassifier, state: MethodState) -> None:
+        """The teacher is rebuilt as a frozen copy of ``model`` with the saved state_dict loaded."""
+        super().load_state_dict(model, state)
+        self.old_heads = [int(head) for head in state.values["old_heads"]]
+        self.teacher = None
+        if "teacher" in state.values:
+            self.teacher = freeze(model)
+            self.teacher.load_state_dict(state.take("teacher"))
 
     def warm_up(self, model: MultiHeadClassifier, task: Task) -> None:
         """Train head ``task.head`` alone on fixed features f(x) of the task's training data."""

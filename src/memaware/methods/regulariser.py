@@ -17,7 +17,7 @@ import torch
 
 from memaware.data.scenarios import Task
 from memaware.importance import accumulate
-from memaware.methods.base import Penalised
+from memaware.methods.base import MethodState, Penalised
 from memaware.methods.options import MethodOptions, SampledOptions, StrengthOptions
 from memaware.models.multihead import MultiHeadClassifier
 from memaware.penalties import QuadraticPenalty
@@ -72,6 +72,17 @@ class QuadraticRegulariser(Penalised):
     def penalty_value(self) -> torch.Tensor | None:
         """λ Σ Ω (θ − θ*)² now (differentiable), ``None`` before the first task ends."""
         return self.penalty() if self.penalty is not None else None
+
+    def state_dict(self) -> MethodState:
+        """The penalty's (see :class:`~memaware.methods.base.Penalised`) and Ω so far (``omega``)."""
+        state = super().state_dict()
+        if self.omega is not None:
+            state.put("omega", self.omega)
+        return state
+
+    def load_state_dict(self, model: MultiHeadClassifier, state: MethodState) -> None:
+        super().load_state_dict(model, state)
+        self.omega = state.take("omega", model.device) if "omega" in state.values else None
 
     def after_task(self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]) -> None:
         new = self.importance(model, task, seen)

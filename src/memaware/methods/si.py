@@ -34,6 +34,7 @@ import torch
 
 from memaware.data.scenarios import SETTINGS, Setting, Task
 from memaware.errors import ConfigError
+from memaware.methods.base import MethodState
 from memaware.methods.options import MethodOptions, StrengthOptions
 from memaware.methods.regulariser import QuadraticRegulariser
 from memaware.models.multihead import MultiHeadClassifier
@@ -105,6 +106,30 @@ class SI(QuadraticRegulariser):
             self._task_grad.append(torch.zeros_like(value))
         with torch.no_grad():
             torch._foreach_copy_(self._before, [p.detach() for p in self._params])
+
+    def state_dict(self) -> MethodState:
+        """Ω, θ* and the penalty (the base's), and per tracked parameter θ_{t−1} (``start``), θ^(k)
+        (``before``) and w (``path``); the step's copy of g is scratch and not saved."""
+        state = super().state_dict()
+        for prefix, values in (
+            ("start", self._start),
+            ("before", self._before),
+            ("path", self._path),
+        ):
+            state.put(prefix, dict(zip(self._names, values, strict=True)))
+        return state
+
+    def load_state_dict(self, model: MultiHeadClassifier, state: MethodState) -> None:
+        super().load_state_dict(model, state)
+        params = dict(model.named_parameters())
+        device = model.device
+        self._names = list(state.values["path"])
+        self._params = [params[name] for name in self._names]
+        self._start, self._before, self._path = (
+            list(state.take(prefix, device).values()) for prefix in ("start", "before", "path")
+        )
+        self._task_grad = [torch.zeros_like(value) for value in self._path]
+        self._active = None
 
     @torch.no_grad()
     def after_backward(self, model: MultiHeadClassifier) -> None:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from memaware import __version__
+from memaware.checkpoint.run import CheckpointOptions
 from memaware.configs import preset
 from memaware.data.benchmarks import DataRequest, check_benchmark, make_scenario
 from memaware.data.scenarios import SETTINGS, Scenario
@@ -138,6 +139,18 @@ class ExperimentSpec:
         for name in names:  # every method's options, checked now
             method_settings(self, name)
 
+    @classmethod
+    def from_json(cls, config: Mapping[str, Any]) -> ExperimentSpec:
+        """The spec :meth:`to_json` wrote (``results.json``'s ``config``); ConfigError if it does not fit."""
+        try:
+            fields = dict(config)
+            fields["train"] = TrainConfig(**fields["train"])
+            for name in ("methods", "seeds", "hidden", "tasks"):
+                fields[name] = tuple(fields[name])
+            return cls(**fields)
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"not a memaware run config ({type(exc).__name__}: {exc})") from None
+
     def to_json(self) -> dict[str, Any]:
         config = asdict(self)
         config["methods"], config["hidden"] = list(self.methods), list(self.hidden)
@@ -210,8 +223,12 @@ def run_experiment(
     spec: ExperimentSpec,
     show_progress: bool = False,
     on_result: Callable[[dict[str, Any]], None] | None = None,
+    checkpoints: CheckpointOptions | None = None,
 ) -> dict[str, Any]:
     """Run every method of ``spec`` for every seed on the same task stream; return the results dict.
+
+    With ``checkpoints`` each method and seed is checkpointed in ``<root>/<method>-seed<seed>``
+    and, with ``checkpoints.resume``, goes on from there (a finished one is not trained again).
 
     ``on_result`` is called with the results so far each time a method has finished all its
     seeds (the CLI writes them, so that a run that dies later keeps them). An exception while a
@@ -220,6 +237,8 @@ def run_experiment(
     step, e.g. a model that does not fit the data), which is raised as it is.
     """
     spec.check()
+    if checkpoints is not None:
+        checkpoints.check_fresh()
     scenario = make_scenario(spec.benchmark, **vars(spec.data_request()))
     methods: dict[str, Any] = {}
     results: dict[str, Any] = {
@@ -237,13 +256,17 @@ def run_experiment(
         runs = []
         for seed in spec.seeds:
             try:
+                method = METHODS[name](options, seed=seed)
                 result = run_method(
-                    METHODS[name](options, seed=seed),
+                    method,
                     scenario,
                     _model_factory(spec, scenario),
                     replace(spec.train, seed=seed),
                     show_progress=show_progress,
                     label=f"{name} seed {seed}",
+                    checkpoints=None
+                    if checkpoints is None
+                    else checkpoints.for_run(results["config"], scenario.input_shape, method, seed),
                 )
             except Exception as exc:
                 if isinstance(exc, MemawareError) and not methods:

@@ -6,6 +6,9 @@ in Python; other datasets (image files) go through a seeded ``DataLoader``. The 
 tasks that a step's loss does not reach are never stepped (see :func:`training_step`), and the
 task just trained is scored before the method's ``after_task`` too, so that drop and forgetting
 are measured against the model trained on it (IMM merges there).
+
+With ``checkpoints`` (:class:`~memaware.checkpoint.RunCheckpoints`) the run is checkpointed after
+every task and every N steps, and resumed from its newest good checkpoint.
 """
 
 from __future__ import annotations
@@ -13,9 +16,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,6 +42,9 @@ from memaware.metrics import AccuracyMatrix
 from memaware.models.multihead import MultiHeadClassifier
 from memaware.training.config import VALIDATION_SEED, TrainConfig, resolve_device
 from memaware.training.precision import MixedPrecision
+
+if TYPE_CHECKING:
+    from memaware.checkpoint.run import RunCheckpoints, TaskStart
 
 
 @dataclass(frozen=True)
@@ -160,7 +166,7 @@ def training_step(
 
 def training_batches(
     tasks: Sequence[Task], config: TrainConfig, generator: torch.Generator, device: torch.device
-) -> Iterable[Batch]:
+) -> _TrainingBatches:
     """Shuffled training batches over the tasks' training data on ``device``; each pass an epoch.
 
     Several tasks (joint training) are shuffled together, each sample answered by its task's
@@ -249,6 +255,7 @@ def train_task(
     index: int = 0,
     validation: Sequence[Task] = (),
     precision: MixedPrecision | None = None,
+    checkpoints: RunCheckpoints | None = None,
 ) -> list[float]:
     """Train on the tasks' data, loss = cross-entropy + the method's term; return validation scores.
 
@@ -263,17 +270,28 @@ def train_task(
     there (the optimizer's too, so that a kept optimizer goes on with the moments of the weights
     it goes on from). The method's own running state (e.g. SI's path integral, summed over every
     step) is not rewound.
+
+    With ``checkpoints`` the task may begin mid-way (resumed), and a checkpoint is saved when
+    the step count reaches the next due one: one integer comparison per step.
     """
     device = model.device
     loader = _loader_options(config, device)
     past_heads = past_head_parameters(model, tasks)
     loss_fn = distributed_task_loss(model, {t.head for t in tasks}, task_loss)
     epochs = training_batches(tasks, config, generator, device)
-    scores: list[float] = []
+    begun: TaskStart | None = None
+    if checkpoints is not None:
+        begun = checkpoints.begin_task(index, optimizer, epochs.passes)
+    scores: list[float] = [] if begun is None else begun.scores
     best: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
+    first_epoch, step, due = (0, 0, -1)
+    if begun is not None:
+        best, first_epoch, step, due = begun.best, begun.epoch, begun.step, begun.due
     model.train()
-    for epoch in range(config.task_epochs(index)):
+    for epoch in range(first_epoch, config.task_epochs(index)):
         set_learning_rate(optimizer, config.learning_rate(index, epoch))
+        if checkpoints is not None:
+            checkpoints.begin_epoch(epoch, step)
         for batch in epochs:
             training_step(
                 model,
@@ -285,6 +303,9 @@ def train_task(
                 grad_clip=config.grad_clip,
                 loss_fn=loss_fn,
             )
+            step += 1
+            if step == due and checkpoints is not None:
+                due = checkpoints.save_step(step, best)
         if validation:
             scores.append(_accuracy_in_passing(model, validation, config.eval_batch_size, loader))
             if best is None or scores[-1] > max(scores[:-1]):
@@ -294,6 +315,8 @@ def train_task(
                 )
         if progress is not None:
             progress()
+    if checkpoints is not None:
+        checkpoints.end_task(step)
     if best is not None:
         model.load_state_dict(best[0])
         optimizer.load_state_dict(best[1])
@@ -307,6 +330,7 @@ def run_method(
     config: TrainConfig,
     show_progress: bool = False,
     label: str = "",
+    checkpoints: RunCheckpoints | None = None,
 ) -> MethodResult:
     """Learn the scenario's tasks in order with ``method``; return the accuracy matrix.
 
@@ -316,6 +340,10 @@ def run_method(
     ``after_task`` changes the weights, as IMM's merge does), the reference of drop, BWT and
     forgetting. The model is built after seeding with ``config.seed``, so methods compared under
     one seed start from the same weights and see batches in the same order.
+
+    With ``checkpoints`` the run is checkpointed (after every task, and every N steps) and, when
+    they say so, resumed from the newest good checkpoint: a finished run returns its saved
+    result without training.
     """
     if scenario.setting not in method.scenarios:
         raise ConfigError(
@@ -341,23 +369,35 @@ def run_method(
     scores: list[tuple[float, ...]] = []
     optimizer: torch.optim.Optimizer | None = None
     start = time.perf_counter()
+    resumed = None
+    if checkpoints is not None:
+        resumed = checkpoints.start(model, generator, config, precision, values, trained, scores)
+    if resumed is not None:
+        if resumed.finished:
+            return MethodResult(AccuracyMatrix(values, trained), resumed.wall_time_s, tuple(scores))
+        optimizer, start = resumed.optimizer, start - resumed.wall_time_s
+    first = resumed.task if resumed is not None else 0
+    mid_task = resumed is not None and resumed.in_task
     with tqdm(
         total=sum(config.task_epochs(i) for i in range(n)),
+        initial=resumed.epochs_done if resumed is not None else 0,
         desc=label or method.name,
         unit="epoch",
         disable=not show_progress,
         leave=False,
     ) as bar:
-        for i, task in enumerate(stream):
-            seen = stream[: i + 1]
+        for i in range(first, n):
+            task, seen = stream[i], stream[: i + 1]
             training = method.training_tasks(seen)
-            for t in training:
-                model.add_head(t.head, t.n_classes)
-                check_model_fits(model, t)
-            method.before_task(model, task, seen)
-            if optimizer is None or config.reset_optimizer:
-                optimizer = config.make_optimizer(model.parameters())
-            include_new_parameters(optimizer, model)
+            if i > first or not mid_task:
+                for t in training:
+                    model.add_head(t.head, t.n_classes)
+                    check_model_fits(model, t)
+                method.before_task(model, task, seen)
+                if optimizer is None or config.reset_optimizer:
+                    optimizer = config.make_optimizer(model.parameters())
+                include_new_parameters(optimizer, model)
+            assert optimizer is not None
             history = train_task(
                 model,
                 method,
@@ -369,10 +409,13 @@ def run_method(
                 index=i,
                 validation=[validation_of[id(t)] for t in training] if validation_of else [],
                 precision=precision,
+                checkpoints=checkpoints,
             )
             scores.append(tuple(history))
             trained[i] = _accuracy_in_passing(model, [task], config.eval_batch_size, loader)
             method.after_task(model, task, seen)
             for j, old in enumerate(seen):
                 values[i, j] = evaluate(model, old, config.eval_batch_size, loader)
+            if checkpoints is not None:
+                checkpoints.save_task(i, optimizer)
     return MethodResult(AccuracyMatrix(values, trained), time.perf_counter() - start, tuple(scores))
