@@ -5,6 +5,8 @@
 * ``memaware compare``: several methods (``all`` = every one that supports the scenario) over
   several seeds, with mean ± std and the paper's Figure 3 style bar chart;
 * ``memaware sweep``: tune a method's strength on a validation split and store it as a preset;
+  ``run``, ``compare``, ``sweep`` and ``paper`` (but ``selective``) checkpoint and ``--resume``
+  (the latter two through :mod:`memaware.cli.resume`);
   ``memaware presets``: the stored presets as a markdown table;
 * ``memaware options``: every method's options (``--option METHOD.FIELD=VALUE``), as a table;
 * ``memaware models``: the backbones ``--model`` chooses from, as a table;
@@ -767,6 +769,7 @@ def _sweep(args: argparse.Namespace, argv: Sequence[str]) -> int:
     directory = args.preset_dir or PRESET_DIR
     prepare_out_dir(directory)  # the preset is written at the end: fail now if it cannot be
     _start(args, argv, out, [value_checkpoints(checkpoints, value) for value in values])
+    print(f"sweep runs checkpointed in {out}/ (--resume {out} goes on after a stop)", flush=True)
     entry = sweep_strength(
         args.benchmark,
         args.scenario,
