@@ -240,6 +240,10 @@ def test_sweep_resume_checks_its_options(
     assert "options differ from the run's: --epochs = 3 (the run's: 2)" in err and "Omit" in err
     assert main([*SWEEP, "--out", str(out), "--preset-dir", str(tmp_path)]) == 2
     assert "holds checkpoints of an earlier run" in capsys.readouterr().err
+    other = ["--values", "3", "--out", str(out), "--preset-dir", str(tmp_path)]
+    assert main([*SWEEP, *other]) == 2  # its values have no checkpoints: command.json is kept
+    assert "holds an earlier run (command.json): resume it" in capsys.readouterr().err
+    assert json.loads((out / "command.json").read_text())["argv"][: len(SWEEP)] == SWEEP
     assert main(["sweep", "--resume", str(out), "--out", str(tmp_path / "else")]) == 2
     assert "a resumed run writes into OUT" in capsys.readouterr().err
     assert main(["sweep", "--resume", str(tmp_path / "nothing")]) == 2

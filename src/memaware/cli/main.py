@@ -644,9 +644,10 @@ def _start(
 
 
 def _paper(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    """``memaware paper mnist-demo``: run the demo, write the report and the notebook comparison.
+    """``memaware paper mnist-demo|table2|table3|figure3``; ``--resume OUT`` takes the options
+    saved in OUT, and a fresh run saves ``argv`` (the whole command line) in its output folder.
 
-    ``argv`` (the whole command line) is saved in the output folder for ``--resume``.
+    mnist-demo: run the demo, write the report and the notebook comparison.
     """
     if args.resume is not None:
         args = resumed_args(args, ["paper", args.protocol], build_parser().parse_args)

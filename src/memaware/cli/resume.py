@@ -30,7 +30,13 @@ Parse = Callable[[Sequence[str]], argparse.Namespace]
 
 
 def save_command(out: Path, argv: Sequence[str]) -> None:
-    """Save the arguments ``argv`` of a fresh invocation in ``out`` (atomically)."""
+    """Save the arguments ``argv`` of a fresh invocation in ``out`` (atomically); ConfigError if
+    ``out`` holds those of an earlier one (never overwritten: it is what resumes that one)."""
+    if (out / COMMAND_FILE).exists():
+        raise ConfigError(
+            f"{out} holds an earlier run ({COMMAND_FILE}): resume it (--resume {out}), write to "
+            "another output folder, or delete that folder"
+        )
     try:
         atomic_write_json(out / COMMAND_FILE, {"memaware_version": __version__, "argv": list(argv)})
     except OSError as exc:
