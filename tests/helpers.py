@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
+import pytest
+
+from memaware.checkpoint import run as checkpoint_run
 from memaware.data.datasets import TensorData
 from memaware.data.images import ImageDataset
 from memaware.data.scenarios import Scenario, split_scenario
@@ -34,3 +38,24 @@ def small_split_mnist(
 def small_mlp(scenario: Scenario, hidden: Sequence[int] = (100, 100)) -> MultiHeadClassifier:
     """A headless MLP classifier for the scenario's inputs."""
     return build_model("mlp", scenario.input_shape, hidden=hidden)
+
+
+class Interrupted(Exception):
+    """Raised in place of the process dying."""
+
+
+def interrupt_checkpoints(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """``[limit, count]``: once set, the run dies (:class:`Interrupted`) right after its
+    ``limit``-th step checkpoint (0: never); ``count`` counts the step checkpoints taken."""
+    state = [0, 0]
+    save_step = checkpoint_run.RunCheckpoints.save_step
+
+    def dying(self: checkpoint_run.RunCheckpoints, step: int, best: Any) -> int:
+        due = save_step(self, step, best)
+        state[1] += 1
+        if state[1] == state[0]:
+            raise Interrupted
+        return due
+
+    monkeypatch.setattr(checkpoint_run.RunCheckpoints, "save_step", dying)
+    return state

@@ -488,7 +488,7 @@ def test_resume_checks_the_options_given(
 
 
 def test_commands_that_cannot_resume_refuse_it(capsys: pytest.CaptureFixture[str]) -> None:
-    for command in (["sweep"], ["paper", "mnist-demo"], ["paper", "table2"]):
+    for command in (["stream"], ["paper", "selective"]):
         with pytest.raises(SystemExit) as exit_info:
             main([*command, "--resume", "somewhere"])
         assert exit_info.value.code == 2

@@ -13,6 +13,7 @@ import torch
 
 import memaware.methods.mas as mas_method
 import memaware.training.experiment as experiment
+from helpers import interrupt_checkpoints
 from memaware.cli.main import main
 from memaware.data.benchmarks import make_scenario
 from memaware.data.datasets import TensorData
@@ -138,6 +139,33 @@ def test_a_cut_down_demo_runs_the_protocol(
     assert "| Task | Notebook final (%) |" in page and "| 9/0 | 99.04 | 99.04 | 0.000 |" in page
     printed = capsys.readouterr().out
     assert "Average" in printed and "notebook.md" in printed
+
+
+def test_an_interrupted_demo_resumes_to_the_same_numbers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(experiment, "make_scenario", _small(experiment.make_scenario))
+    short = dataclasses.replace(mnist_demo.TRAIN, epochs=2, first_task_epochs=1)
+    monkeypatch.setattr(mnist_demo, "TRAIN", short)
+    state = interrupt_checkpoints(monkeypatch)
+    argv = ["paper", "mnist-demo", "--seeds", "1", "--no-progress", "--checkpoint-every", "5"]
+    reference, out = tmp_path / "reference", tmp_path / "demo"
+    assert main([*argv, "--out", str(reference)]) == 0
+    total = state[1]
+    state[:] = [total - 1, 0]  # mas, before its last step checkpoint
+    assert main([*argv, "--out", str(out)]) == 2
+    assert "mas (seed 0) failed: Interrupted" in capsys.readouterr().err
+    state[:] = [0, 0]
+    assert main(["paper", "mnist-demo", "--resume", str(out), "--checkpoint-every", "5"]) == 0
+    assert state[1] == 1  # finetune from its checkpoint, mas from its step
+    runs = [json.loads((f / "results.json").read_text())["methods"] for f in (out, reference)]
+    matrices = [
+        {m: (e["accuracy_matrix"], e["trained_accuracy"]) for m, e in r.items()} for r in runs
+    ]
+    assert matrices[0] == matrices[1]
+    assert (out / "notebook.md").is_file()
+    assert main(["paper", "mnist-demo", "--resume", str(out), "--seeds", "2"]) == 2
+    assert "--seeds = 2 (the run's: 1)" in capsys.readouterr().err
 
 
 def test_the_comparison_reproduces_the_notebooks_forgetting() -> None:

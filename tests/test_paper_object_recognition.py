@@ -7,7 +7,13 @@ defaults, bad input refused before any work, and the offline stand-in's construc
 from __future__ import annotations
 
 import json
+import os
+import random
+import signal
 import struct
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +23,7 @@ import torch
 from PIL import Image
 
 import memaware.cli.main as cli
+from helpers import interrupt_checkpoints
 from memaware.cli.main import main
 from memaware.configs.standin import (
     DATASETS,
@@ -117,6 +124,73 @@ def test_table2_end_to_end(root: Path, tmp_path: Path, capsys: pytest.CaptureFix
     assert all(f"| {m} |" in markdown for m in TABLE2_METHODS)
     width, height = _png_size(out / "table2.png")
     assert width > 400 and height > 300
+
+
+def _matrices(out: Path) -> dict[str, Any]:
+    """Per method, its accuracy matrix and trained accuracies in ``out/results.json``."""
+    methods = _results(out / "results.json")["methods"]
+    return {m: (e["accuracy_matrix"], e["trained_accuracy"]) for m, e in methods.items()}
+
+
+def test_table2_interrupted_then_resumed_gives_the_same_results(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = interrupt_checkpoints(monkeypatch)
+    argv = ["paper", "table2", "--data-root", str(root), "--tasks", "birds,scenes"]
+    argv += ["--tasks", "scenes,flowers", "--methods", "finetune,mas", *QUICK]
+    argv += ["--checkpoint-every", "1"]
+    reference, out = tmp_path / "reference", tmp_path / "killed"
+    assert main([*argv, "--out", str(reference)]) == 0
+    total = state[1]
+    state[:] = [total * 7 // 8, 0]  # within the second pair's mas, after its finetune
+    assert main([*argv, "--out", str(out)]) == 2  # finetune's results kept, mas failed
+    assert "mas (seed 0) failed: Interrupted" in capsys.readouterr().err
+    assert (out / "birds-scenes" / "results.json").is_file() and not (out / "table2.md").exists()
+    assert any((out / "scenes-flowers" / "checkpoints" / "mas-seed0").glob("step-*"))
+    state[:] = [0, 0]
+    assert main(["paper", "table2", "--resume", str(out), "--no-progress"]) == 0
+    assert state[1] == total - total * 7 // 8  # the finished runs are not trained again
+    for pair in ("birds-scenes", "scenes-flowers"):
+        assert _matrices(out / pair) == _matrices(reference / pair)
+    assert (out / "table2.md").read_text() in capsys.readouterr().out
+    assert main(["paper", "table2", "--resume", str(out), "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "options differ from the run's: --epochs = 2 (the run's: 1)" in err
+    assert main(["paper", "table3", "--resume", str(out)]) == 2
+    assert "is a run of `memaware paper table2`" in capsys.readouterr().err
+    assert main([*argv, "--out", str(out)]) == 2
+    assert "holds checkpoints of an earlier run" in capsys.readouterr().err
+
+
+def test_table2_killed_at_a_random_moment_then_resumed_is_bit_identical(
+    root: Path, tmp_path: Path
+) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "memaware.cli.main", "paper", "table2"]
+    argv = [*command, "--data-root", str(root), "--tasks", "birds,scenes", "--tasks"]
+    argv += ["scenes,flowers", "--methods", "mas", *QUICK, "--epochs", "3"]
+    argv += ["--checkpoint-every", "1"]
+    reference, out = tmp_path / "reference", tmp_path / "killed"
+    subprocess.run([*argv, "--out", str(reference)], env=env, check=True, capture_output=True)
+    proc = subprocess.Popen(
+        [*argv, "--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    first = out / "birds-scenes" / "checkpoints" / "mas-seed0"
+    deadline = time.monotonic() + 240
+    while not any(first.glob("step-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(random.uniform(0.0, 1.0))
+    alive = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert alive, "the command ended before it could be killed: give it more work"
+    assert not (out / "table2.md").exists()
+    resumed = subprocess.run(
+        [*command, "--resume", str(out), "--no-progress"], env=env, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    for pair in ("birds-scenes", "scenes-flowers"):
+        assert _matrices(out / pair) == _matrices(reference / pair)
 
 
 def test_table3_end_to_end(root: Path, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import memaware.training.sweep as sweep
-from helpers import small_split_mnist
+from helpers import Interrupted, interrupt_checkpoints, small_split_mnist
 from memaware.cli.main import main
 from memaware.data.images import ImageDataset
 from memaware.training import TrainConfig
@@ -79,8 +79,8 @@ def test_sweep_command_writes_and_extends_a_preset(
 ) -> None:
     common = ["sweep", "--benchmark", "split-mnist", "--scenario", "task", "--method", "l2"]
     common += ["--seeds", "1", "--epochs", "1", "--preset-dir", str(tmp_path), "--no-progress"]
-    assert main([*common, "--values", "0,0.001"]) == 0
-    assert main([*common, "--values", "0.01"]) == 0
+    assert main([*common, "--values", "0,0.001", "--out", str(tmp_path / "a")]) == 0
+    assert main([*common, "--values", "0.01", "--out", str(tmp_path / "b")]) == 0
     entry = json.loads((tmp_path / "split-mnist.json").read_text())["task"]["l2"]
     scores = entry["provenance"]["validation_average_accuracy"]
     assert set(scores) == {"0", "0.001", "0.01"}
@@ -190,3 +190,68 @@ def test_sweep_options_and_seeds_reach_the_method(
         (1.0, "empirical", 1),
     ]
     assert entry["provenance"]["options"] == {"labels": "empirical"}
+
+
+def _preset_entry(directory: Path) -> dict[str, Any]:
+    """The sweep's preset entry in ``directory``, without its date."""
+    entry = json.loads((directory / "split-mnist.json").read_text())["task"]["mas"]
+    del entry["provenance"]["date"]
+    return entry  # type: ignore[no-any-return]
+
+
+SWEEP = ["sweep", "--method", "mas", "--values", "0.1,10", "--seeds", "2", "--epochs", "2"]
+SWEEP += ["--no-progress", "--checkpoint-every", "3"]
+
+
+def test_an_interrupted_sweep_resumes_to_the_same_preset(
+    monkeypatch: pytest.MonkeyPatch,
+    mnist: ImageDataset,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    scenario = small_split_mnist(mnist, "task", n_train=200, n_tasks=2)
+    monkeypatch.setattr(sweep, "make_scenario", lambda *args, **kwargs: scenario)
+    state = interrupt_checkpoints(monkeypatch)
+    reference = ["--preset-dir", str(tmp_path / "reference"), "--out", str(tmp_path / "first")]
+    assert main([*SWEEP, *reference]) == 0
+    assert state[1] == 8  # 2 steps an epoch, 8 a run: steps 3 and 6 of each of the 4 runs
+    out, presets = tmp_path / "killed", tmp_path / "resumed"
+    state[:] = [5, 0]  # the third run (λ 10, seed 0), at its step 3
+    with pytest.raises(Interrupted):
+        main([*SWEEP, "--preset-dir", str(presets), "--out", str(out)])
+    assert not (presets / "split-mnist.json").exists()
+    assert (out / "checkpoints" / "lambda-0.1" / "mas-seed1").is_dir()
+    assert (out / "command.json").is_file()
+    state[:] = [0, 0]
+    assert main(["sweep", "--resume", str(out), "--no-progress"]) == 0
+    assert state[1] == 3  # the finished runs are not trained again, the third goes on
+    assert _preset_entry(presets) == _preset_entry(tmp_path / "reference")
+    assert f"preset written to {presets}" in capsys.readouterr().out
+
+
+def test_sweep_resume_checks_its_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "sweep"
+    (out / "checkpoints" / "lambda-0.1" / "mas-seed0" / "step-000000003").mkdir(parents=True)
+    (out / "command.json").write_text(json.dumps({"argv": [*SWEEP, "--out", str(out)]}))
+    assert main(["sweep", "--resume", str(out), "--epochs", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "options differ from the run's: --epochs = 3 (the run's: 2)" in err and "Omit" in err
+    assert main([*SWEEP, "--out", str(out), "--preset-dir", str(tmp_path)]) == 2
+    assert "holds checkpoints of an earlier run" in capsys.readouterr().err
+    other = ["--values", "3", "--out", str(out), "--preset-dir", str(tmp_path)]
+    assert main([*SWEEP, *other]) == 2  # its values have no checkpoints: command.json is kept
+    assert "holds an earlier run (command.json): resume it" in capsys.readouterr().err
+    assert json.loads((out / "command.json").read_text())["argv"][: len(SWEEP)] == SWEEP
+    assert main(["sweep", "--resume", str(out), "--out", str(tmp_path / "else")]) == 2
+    assert "a resumed run writes into OUT" in capsys.readouterr().err
+    assert main(["sweep", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "command.json is missing" in capsys.readouterr().err
+    assert main(["paper", "mnist-demo", "--resume", str(out)]) == 2
+    assert "is a run of `memaware sweep`, not `memaware paper mnist-demo`" in (
+        capsys.readouterr().err
+    )
+    assert main(["sweep", "--checkpoint-every", "-1", "--out", str(tmp_path / "x")]) == 2
+    assert "--checkpoint-every must be an integer >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "split-mnist.json").exists()

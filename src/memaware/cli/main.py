@@ -5,6 +5,8 @@
 * ``memaware compare``: several methods (``all`` = every one that supports the scenario) over
   several seeds, with mean ± std and the paper's Figure 3 style bar chart;
 * ``memaware sweep``: tune a method's strength on a validation split and store it as a preset;
+  ``run``, ``compare``, ``sweep`` and ``paper`` (but ``selective``) checkpoint and ``--resume``
+  (the latter two through :mod:`memaware.cli.resume`);
   ``memaware presets``: the stored presets as a markdown table;
 * ``memaware options``: every method's options (``--option METHOD.FIELD=VALUE``), as a table;
 * ``memaware models``: the backbones ``--model`` chooses from, as a table;
@@ -39,6 +41,7 @@ from memaware.checkpoint import CheckpointOptions
 from memaware.checkpoint.resume import resumed_spec, saved_run
 from memaware.cli import importance as importance_cli
 from memaware.cli import selective as selective_cli
+from memaware.cli.resume import resumed_args, save_command
 from memaware.cli.stream import add_stream_parser, stream_command
 from memaware.configs import PRESET_DIR, load_presets, preset_path
 from memaware.data.benchmarks import BENCHMARKS, check_benchmark
@@ -61,7 +64,7 @@ from memaware.training.experiment import (
     prepare_out_dir,
     run_experiment,
 )
-from memaware.training.sweep import check_sweep, sweep_strength, write_sweep
+from memaware.training.sweep import check_sweep, sweep_strength, value_checkpoints, write_sweep
 
 
 def _int_list(text: str) -> list[int]:
@@ -306,6 +309,27 @@ def _add_experiment_options(parser: argparse.ArgumentParser, methods: list[str])
     add("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _add_checkpoint_arguments(parser: argparse.ArgumentParser, where: str) -> None:
+    """``--checkpoint-every`` and ``--resume`` of a command of several runs (sweep, paper)."""
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"checkpoint each run into {where} after every task and every N optimizer steps "
+        "(default 0: after every task only; with --resume: the run's)",
+    )
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="OUT",
+        help="go on with the command in output folder OUT (its command.json and checkpoints; "
+        "finished runs are not trained again); options given must equal the run's, omitted "
+        "ones are read from it",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="memaware", description="Memory Aware Synapses and continual-learning baselines."
@@ -346,6 +370,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="forget the values a stored preset tried (default: merge grids of the same protocol)",
     )
     _add_option_argument(sweep)
+    sweep.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="run folder: command.json and checkpoints/lambda-<value>/<method>-seed<seed> "
+        "(default runs/sweep-<benchmark>-<scenario>-<method>-<time>)",
+    )
+    _add_checkpoint_arguments(sweep, "OUT/checkpoints/lambda-<value>/<method>-seed<seed>")
     sweep.add_argument("--no-progress", action="store_true")
 
     options = commands.add_parser(
@@ -381,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=None, help="output folder (default runs/paper-...-<time>)"
     )
     demo.add_argument("--seeds", type=int, default=3, help="run seeds 0..N-1 (default 3)")
+    _add_checkpoint_arguments(demo, "OUT/checkpoints/<method>-seed<seed>")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
     for command in object_recognition.COMMANDS:
         _add_object_recognition_parser(protocols, command)
@@ -462,6 +495,9 @@ def _add_object_recognition_parser(protocols: Any, command: str) -> None:
     add("--workers", type=int, default=None, help="DataLoader workers for image folders")
     add(
         "--out", type=Path, default=None, help="output folder (default runs/paper-<command>-<time>)"
+    )
+    _add_checkpoint_arguments(
+        parser, "its own folder's checkpoints/<method>-seed<seed> (figure3: OUT's)"
     )
     add("--no-progress", action="store_true", help="hide progress bars")
 
@@ -590,16 +626,44 @@ def _run_and_write(
     return results, _write(results, out, report=True) if writes else []
 
 
-def _paper(args: argparse.Namespace) -> int:
-    """``memaware paper mnist-demo``: run the demo, write the report and the notebook comparison."""
+def _checkpoints(args: argparse.Namespace, root: Path) -> CheckpointOptions:
+    """Where and how often one run of a sweep or paper command is checkpointed; resumes?"""
+    return CheckpointOptions(root, args.checkpoint_every or 0, args.resume is not None)
+
+
+def _start(
+    args: argparse.Namespace, argv: Sequence[str], out: Path, runs: Sequence[CheckpointOptions]
+) -> None:
+    """Before the first run of a sweep or paper command: refuse a fresh one whose runs' folders
+    hold checkpoints, create ``out`` and, unless resuming, save the command line there."""
+    for checkpoints in runs:
+        checkpoints.check_fresh()
+    prepare_out_dir(out)
+    if args.resume is None:
+        save_command(out, argv)
+
+
+def _paper(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """``memaware paper mnist-demo|table2|table3|figure3``; ``--resume OUT`` takes the options
+    saved in OUT, and a fresh run saves ``argv`` (the whole command line) in its output folder.
+
+    mnist-demo: run the demo, write the report and the notebook comparison.
+    """
+    if args.resume is not None:
+        args = resumed_args(args, ["paper", args.protocol], build_parser().parse_args)
     if args.protocol in object_recognition.COMMANDS:
-        return _object_recognition(args)
+        return _object_recognition(args, argv)
     if args.seeds < 1:
         raise MemawareError(f"--seeds must be at least 1, got {args.seeds}")
     spec = mnist_demo.demo_spec(range(args.seeds))
     out = args.out or default_out_dir(spec, "paper")
+    spec.check()
+    checkpoints = _checkpoints(args, out / "checkpoints")
+    _start(args, argv, out, [checkpoints])
     show_progress = not args.no_progress and sys.stderr.isatty()
-    results, paths = _run_and_write(spec, out, show_progress, mnist_demo.with_reference)
+    results, paths = _run_and_write(
+        spec, out, show_progress, mnist_demo.with_reference, checkpoints
+    )
     try:
         paths.append(mnist_demo.write_comparison(results, out))
     except OSError as exc:
@@ -610,8 +674,11 @@ def _paper(args: argparse.Namespace) -> int:
     return 0
 
 
-def _object_recognition(args: argparse.Namespace) -> int:
-    """``memaware paper table2|table3|figure3``: check, time the backbone, run, write the summary."""
+def _object_recognition(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """``memaware paper table2|table3|figure3``: check, time the backbone, run, write the summary.
+
+    Each planned run is checkpointed in its own folder's ``checkpoints/``.
+    """
     command = args.protocol
     if args.seeds < 1:
         raise MemawareError(f"--seeds must be at least 1, got {args.seeds}")
@@ -637,14 +704,19 @@ def _object_recognition(args: argparse.Namespace) -> int:
     planned = object_recognition.plan(
         command, protocol, task_lists, methods, range(args.seeds), out
     )
-    prepare_out_dir(out)
+    checkpoints = [_checkpoints(args, p.out / "checkpoints") for p in planned]
+    _start(args, argv, out, checkpoints)
     throughput = measure_throughput(planned[0].spec)
     print(throughput.summary(), flush=True)
     show_progress = not args.no_progress and sys.stderr.isatty()
     results = []
-    for p in planned:
+    for p, where in zip(planned, checkpoints, strict=True):
         done, _ = _run_and_write(
-            p.spec, p.out, show_progress, lambda r: {**r, "throughput": throughput.to_json()}
+            p.spec,
+            p.out,
+            show_progress,
+            lambda r: {**r, "throughput": throughput.to_json()},
+            where,
         )
         results.append(done)
     try:
@@ -669,7 +741,11 @@ def _write(results: dict[str, Any], out: Path, report: bool) -> list[Path]:
         raise MemawareError(f"cannot write the results to {out}/: {exc}") from exc
 
 
-def _sweep(args: argparse.Namespace) -> int:
+def _sweep(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """``memaware sweep``: check, train every value and seed (checkpointed in the run folder),
+    write the preset; ``argv`` (the whole command line) is saved there for ``--resume``."""
+    if args.resume is not None:
+        args = resumed_args(args, ["sweep"], build_parser().parse_args)
     options = _method_options(args.option)
     strays = sorted(set(options) - {args.method})
     if strays:
@@ -688,8 +764,13 @@ def _sweep(args: argparse.Namespace) -> int:
         model=args.model,
         weights=args.weights,
     )
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = args.out or Path("runs") / f"sweep-{args.benchmark}-{args.scenario}-{args.method}-{stamp}"
+    checkpoints = _checkpoints(args, out / "checkpoints")
     directory = args.preset_dir or PRESET_DIR
     prepare_out_dir(directory)  # the preset is written at the end: fail now if it cannot be
+    _start(args, argv, out, [value_checkpoints(checkpoints, value) for value in values])
+    print(f"sweep runs checkpointed in {out}/ (--resume {out} goes on after a stop)", flush=True)
     entry = sweep_strength(
         args.benchmark,
         args.scenario,
@@ -703,6 +784,7 @@ def _sweep(args: argparse.Namespace) -> int:
         options=swept,
         model=args.model,
         weights=args.weights,
+        checkpoints=checkpoints,
     )
     path, entry = write_sweep(
         args.benchmark, args.scenario, args.method, entry, directory, extend=not args.replace
@@ -746,6 +828,7 @@ def options_table(names: Sequence[str]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; bad input ends with one line on stderr and exit status 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
         if launched_by_torchrun() and args.command not in TORCHRUN_COMMANDS:
@@ -760,13 +843,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise MemawareError(f"--seeds must be at least 1, got {args.seeds}")
             return _experiment(args, range(args.seeds), "compare")
         if args.command == "sweep":
-            return _sweep(args)
+            return _sweep(args, argv)
         if args.command == "presets":
             return _presets(args)
         if args.command == "paper" and args.protocol == "selective":
             return selective_cli.main(args)
         if args.command == "paper":
-            return _paper(args)
+            return _paper(args, argv)
         if args.command == "stream":
             return stream_command(args)
         if args.command == "importance":

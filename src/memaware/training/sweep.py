@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from memaware import __version__
+from memaware.checkpoint.run import CheckpointOptions
 from memaware.configs import PRESET_DIR, preset, save_preset
 from memaware.data.benchmarks import check_benchmark, make_scenario
 from memaware.data.scenarios import SETTINGS, with_validation
@@ -42,6 +43,7 @@ def sweep_strength(
     data_dir: str | None = None,
     show_progress: bool = False,
     options: Mapping[str, Any] | None = None,
+    checkpoints: CheckpointOptions | None = None,
 ) -> dict[str, Any]:
     """Mean validation average accuracy of ``method`` for each strength; the best becomes the preset.
 
@@ -51,6 +53,10 @@ def sweep_strength(
     own random streams are seeded by each run's seed; ``model`` and ``weights`` choose the
     backbone (:func:`memaware.models.build_model`). Every input is checked before any data is
     read.
+
+    With ``checkpoints`` each value and seed is checkpointed in
+    ``<root>/lambda-<value>/<method>-seed<seed>`` (:func:`value_checkpoints`) and, with
+    ``checkpoints.resume``, goes on from there (a finished one is not trained again).
     """
     options = dict(options or {})
     check_sweep(
@@ -69,15 +75,32 @@ def sweep_strength(
         make_scenario(benchmark, scenario, data_dir=data_dir), validation_fraction, seed=0
     )
     scores: dict[str, list[float]] = {}
+    config = {
+        "command": "sweep",
+        "benchmark": benchmark,
+        "scenario": scenario,
+        "validation": validation_fraction,
+        "train": asdict(train),
+        "model": model,
+        "weights": weights,
+        "hidden": list(hidden),
+        "data_dir": data_dir,
+    }
     for value in values:
         for seed in seeds:
+            learner = make_method(method, seed=seed, strength=value, **options)
+            hook = None
+            if checkpoints is not None:
+                where = value_checkpoints(checkpoints, value)
+                hook = where.for_run(config, stream.input_shape, learner, seed)
             result = run_method(
-                make_method(method, seed=seed, strength=value, **options),
+                learner,
                 stream,
                 lambda: build_model(model, stream.input_shape, hidden, weights),
                 replace(train, seed=seed),
                 show_progress=show_progress,
                 label=f"{method} λ={value:g} seed {seed}",
+                checkpoints=hook,
             )
             scores.setdefault(f"{value:g}", []).append(result.accuracy.average_accuracy())
     return {
@@ -98,6 +121,11 @@ def sweep_strength(
             "date": time.strftime("%Y-%m-%d"),
         },
     }
+
+
+def value_checkpoints(checkpoints: CheckpointOptions, value: float) -> CheckpointOptions:
+    """The checkpoints of the sweep's runs with strength ``value``: ``<root>/lambda-<value>``."""
+    return replace(checkpoints, root=checkpoints.root / f"lambda-{value:g}")
 
 
 def check_sweep(
