@@ -135,14 +135,16 @@ def test_several_serving_threads(images: torch.Tensor) -> None:
             thread.join()
         return results
 
-    # the reference is served from threads too: a new thread's intra-op thread count (and so
-    # the rounding of a matrix product) may differ from the main thread's
+    # the reference is served from threads too; even so the intra-op threads a matrix product
+    # gets (and so its rounding) depend on what else runs, the tracker's worker included: the
+    # answers must be the same up to float32 rounding
     expected = serve_in_threads()
     tracker = ImportanceTracker(model, batch_size=64, max_pending=128)
     with tracker:
         results = serve_in_threads()
         omega = tracker.importance()
-    assert all(torch.equal(results[i], expected[i]) for i in range(len(SIZES)))
+    for i in range(len(SIZES)):
+        torch.testing.assert_close(results[i], expected[i], rtol=1e-5, atol=1e-6)
     assert_same_importance(omega, mas(model, batches(images, 128)))
 
 
