@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import random
+import signal
+import subprocess
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -59,3 +65,22 @@ def interrupt_checkpoints(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(checkpoint_run.RunCheckpoints, "save_step", dying)
     return state
+
+
+def kill_after_first_checkpoint(
+    proc: subprocess.Popen[Any], folder: Path, within: float, *, group: bool = False
+) -> bool:
+    """SIGKILL ``proc`` (with ``group``: its whole process group, e.g. torchrun and its ranks)
+    at a random moment up to ``within`` seconds after a ``step-*`` checkpoint appears in
+    ``folder``; whether it was still running then."""
+    deadline = time.monotonic() + 240
+    while not any(folder.glob("step-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(random.uniform(0.0, within))
+    alive = proc.poll() is None
+    if group:
+        os.killpg(proc.pid, signal.SIGKILL)
+    else:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    return alive

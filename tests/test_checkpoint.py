@@ -7,12 +7,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import random
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import small_mlp, small_split_mnist
+from helpers import (
+    Interrupted,
+    interrupt_checkpoints,
+    kill_after_first_checkpoint,
+    small_mlp,
+    small_split_mnist,
+)
 from memaware.checkpoint import (
     CheckpointOptions,
     CheckpointWarning,
@@ -29,7 +31,6 @@ from memaware.checkpoint import (
     open_checkpoint,
     store,
 )
-from memaware.checkpoint import run as checkpoint_run
 from memaware.checkpoint.nested import join, split
 from memaware.cli.main import main
 from memaware.data.datasets import Batches, Selection, TensorData
@@ -56,26 +57,10 @@ def scenario(mnist: ImageDataset) -> Scenario:
     return small_split_mnist(mnist, n_train=200, n_tasks=3, n_test=200)
 
 
-class Interrupted(Exception):
-    """Raised in place of the process dying."""
-
-
 @pytest.fixture
-def interrupt_after(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """Set ``[k]``: the run dies right after its k-th step checkpoint (0: never)."""
-    limit = [0]
-    count = [0]
-    save_step = checkpoint_run.RunCheckpoints.save_step
-
-    def dying(self: checkpoint_run.RunCheckpoints, step: int, best: Any) -> int:
-        due = save_step(self, step, best)
-        count[0] += 1
-        if count[0] == limit[0]:
-            raise Interrupted
-        return due
-
-    monkeypatch.setattr(checkpoint_run.RunCheckpoints, "save_step", dying)
-    yield limit
+def interrupt_after(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Set ``[k]``: the run dies (:class:`Interrupted`) right after its k-th step checkpoint."""
+    return interrupt_checkpoints(monkeypatch)
 
 
 def _run(
@@ -426,14 +411,7 @@ def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(
         _command(*RUN, "--methods", method, "--out", str(killed)),
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    folder = killed / "checkpoints" / f"{method}-seed0"
-    deadline = time.monotonic() + 240
-    while not any(folder.glob("step-*")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(random.uniform(0.0, 0.5))
-    alive = proc.poll() is None
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    alive = kill_after_first_checkpoint(proc, killed / "checkpoints" / f"{method}-seed0", 0.5)
     assert alive, "the run ended before it could be killed: give it more work"
     assert not (killed / "results.json").exists()
     resumed = subprocess.run(

@@ -11,12 +11,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import random
-import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +25,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from helpers import kill_after_first_checkpoint
 from memaware.cli.main import main
 from memaware.data.idx import write_idx
 from memaware.data.images import ImageDataset
@@ -361,14 +359,9 @@ def test_a_run_killed_under_torchrun_resumes_under_torchrun(
         command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,
     )  # fmt: skip
-    folder = killed / "checkpoints" / "mas-seed0"
-    deadline = time.monotonic() + 240
-    while not any(folder.glob("step-*")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(random.uniform(0.0, 0.2))
-    alive = proc.poll() is None
-    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks
-    proc.wait(timeout=60)
+    alive = kill_after_first_checkpoint(
+        proc, killed / "checkpoints" / "mas-seed0", 0.2, group=True
+    )  # torchrun and both ranks
     assert alive, "the run ended before it could be killed: give it more work"
     assert not (killed / "results.json").exists()
     done = _torchrun(["run", "--resume", str(killed), "--no-progress"], tmp_path)

@@ -82,12 +82,18 @@ def _small(real: Callable[..., Scenario]) -> Callable[..., Scenario]:
     return make
 
 
-def test_a_cut_down_demo_runs_the_protocol(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+@pytest.fixture
+def cut_down_demo(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo on the small scenario, 2 epochs a task (1 for the first)."""
     monkeypatch.setattr(experiment, "make_scenario", _small(experiment.make_scenario))
     short = dataclasses.replace(mnist_demo.TRAIN, epochs=2, first_task_epochs=1)
     monkeypatch.setattr(mnist_demo, "TRAIN", short)
+
+
+@pytest.mark.usefixtures("cut_down_demo")
+def test_a_cut_down_demo_runs_the_protocol(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     runs: list[tuple[Method, TrainConfig, list[str]]] = []
     real_run = experiment.run_method
 
@@ -113,7 +119,7 @@ def test_a_cut_down_demo_runs_the_protocol(
 
     assert [(m.name, names) for m, _, names in runs] == [("finetune", ORDER), ("mas", ORDER)]
     for _, config, _ in runs:  # the notebook's optimizer settings reach the training loop
-        assert config == dataclasses.replace(short, seed=0)
+        assert config == dataclasses.replace(mnist_demo.TRAIN, seed=0)  # the cut-down TRAIN
         assert (config.optimizer, config.momentum, config.batch_size) == ("sgd", 0.9, 150)
         assert (config.learning_rate(0, 0), config.learning_rate(1, 1)) == (1e-2, 1e-3)
     # Ω after every task (the last one's is never used but is computed as the method's step)
@@ -141,12 +147,10 @@ def test_a_cut_down_demo_runs_the_protocol(
     assert "Average" in printed and "notebook.md" in printed
 
 
+@pytest.mark.usefixtures("cut_down_demo")
 def test_an_interrupted_demo_resumes_to_the_same_numbers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(experiment, "make_scenario", _small(experiment.make_scenario))
-    short = dataclasses.replace(mnist_demo.TRAIN, epochs=2, first_task_epochs=1)
-    monkeypatch.setattr(mnist_demo, "TRAIN", short)
     state = interrupt_checkpoints(monkeypatch)
     argv = ["paper", "mnist-demo", "--seeds", "1", "--no-progress", "--checkpoint-every", "5"]
     reference, out = tmp_path / "reference", tmp_path / "demo"

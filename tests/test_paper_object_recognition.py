@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import signal
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +20,7 @@ import torch
 from PIL import Image
 
 import memaware.cli.main as cli
-from helpers import interrupt_checkpoints
+from helpers import interrupt_checkpoints, kill_after_first_checkpoint
 from memaware.cli.main import main
 from memaware.configs.standin import (
     DATASETS,
@@ -175,14 +172,9 @@ def test_table2_killed_at_a_random_moment_then_resumed_is_bit_identical(
     proc = subprocess.Popen(
         [*argv, "--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    first = out / "birds-scenes" / "checkpoints" / "mas-seed0"
-    deadline = time.monotonic() + 240
-    while not any(first.glob("step-*")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(random.uniform(0.0, 1.0))
-    alive = proc.poll() is None
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    alive = kill_after_first_checkpoint(
+        proc, out / "birds-scenes" / "checkpoints" / "mas-seed0", 1.0
+    )
     assert alive, "the command ended before it could be killed: give it more work"
     assert not (out / "table2.md").exists()
     resumed = subprocess.run(
