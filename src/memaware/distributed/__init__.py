@@ -4,6 +4,7 @@ Public API::
 
     from memaware.distributed import (
         is_distributed, rank, world_size, is_main_process,   # who this process is
+        broadcast_from_main,                                # rank 0's weights everywhere
         all_reduce_importance,                             # Σ_r sums, Σ_r counts over the ranks
         shard_batches, shard_indices,                      # disjoint shards, no padding
     )
@@ -15,6 +16,7 @@ loop's step in ``DistributedDataParallel``.
 """
 
 from memaware.distributed.process_group import (
+    broadcast_from_main,
     is_distributed,
     is_main_process,
     launched_by_torchrun,
@@ -35,6 +37,7 @@ __all__ = [
     "DISTRIBUTED_MODES",
     "Distributed",
     "all_reduce_importance",
+    "broadcast_from_main",
     "is_distributed",
     "is_main_process",
     "launched_by_torchrun",

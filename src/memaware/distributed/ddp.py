@@ -2,29 +2,37 @@
 
 Every rank draws the same global batch of ``--batch-size`` rows (one seeded permutation, as on one
 process) and takes its part, rows ``⌊n·r/N⌋ .. ⌊n·(r+1)/N⌋``; no per-sample Python. Its loss is
-the part's summed cross-entropy scaled by N/n,
+the step's loss on the part (the cross-entropy plus the method's ``loss_term``, both means over
+the rows) scaled by N·n_r/n,
 
     L_r = (N/n) Σ_{k ∈ part r} ℓ_k,   so that DDP's mean (1/N) Σ_r ∇L_r = ∇ (1/n) Σ_k ℓ_k,
 
 the gradient of the global batch's mean loss on one process, also when n is not a multiple of
-N (the last batch of an epoch). It differs from one process only by float rounding: each rank sums
-its part's gradients and the all-reduce adds the ranks' sums in another order.
+N (the last batch of an epoch). ℓ_k is a row's whole loss: its cross-entropy and, for LwF and
+EBLL, its distillation and code terms, computed inside DDP's forward so that their gradient is
+reduced with the rest. It differs from one process only by float rounding: each rank sums its
+part's gradients and the all-reduce adds the ranks' sums in another order.
 
-DDP is built per task (:func:`distributed_task_loss`), when the task's heads exist, over the
-backbone and the heads that the task trains; the heads of past tasks are left out of it (their
-``.grad`` stays ``None`` when the loss does not reach them, so the optimizer does not step them,
-as on one process). Building it broadcasts rank 0's parameters and buffers, so every rank starts
-the task from the same weights. ``find_unused_parameters`` is on only where a part may miss a
-head (joint training over several heads).
+DDP is built per task (:func:`distributed_step_loss`), when the task's heads exist, over the
+backbone, the heads that the task trains and the past heads the method's loss term reaches
+(LwF's distilled heads, :meth:`~memaware.methods.base.Method.loss_heads`); the other past heads
+are left out of it (their ``.grad`` stays ``None`` when the loss does not reach them, so the
+optimizer does not step them, as on one process). Building it broadcasts rank 0's parameters and
+buffers, so every rank starts the task from the same weights. ``find_unused_parameters`` is on
+only where a part may miss a head (joint training over several heads).
 
 After ``backward()`` returns, the gradients are the all-reduced ones: a method's
 ``after_backward`` (the quadratic penalties' 2λΩ(θ − θ*), SI's path integral) then acts on the
-same gradient on every rank, and the optimizer keeps the ranks' weights equal.
+same gradient on every rank, and the optimizer keeps the ranks' weights equal. BatchNorm layers
+normalise a part by its own statistics (DDP without SyncBatchNorm, which needs a GPU), so a run
+with BatchNorm differs from one process there; the running statistics are rank 0's (DDP
+broadcasts its buffers at each forward, and
+:func:`~memaware.distributed.process_group.broadcast_from_main` once more at the end of a task).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 
 import torch
 from torch import nn
@@ -32,35 +40,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from memaware.distributed.process_group import is_distributed, rank, world_size
 from memaware.errors import ConfigError
+from memaware.methods.base import Batch
 from memaware.models.multihead import MultiHeadClassifier
 
-#: loss(model, x, y, heads): the training loop's task loss (mean cross-entropy of a batch)
-TaskLoss = Callable[
-    [MultiHeadClassifier, torch.Tensor, torch.Tensor, "torch.Tensor | int"], torch.Tensor
-]
-
-#: methods refused under torchrun, with the reason: their loss term (``Method.loss_term``) is a
-#: forward pass of their own on the whole batch, outside DDP's and not split over the ranks, and
-#: their warm-up or autoencoders train in loops of their own; none of it is shown to match one
-#: process, so they do not run there
-REFUSED: dict[str, str] = {
-    "lwf": "its distillation loss is a forward pass of its own outside DistributedDataParallel's "
-    "(and it trains the past heads, which DDP does not hold)",
-    "ebll": "its code loss is a forward pass of its own outside DistributedDataParallel's "
-    "(through autoencoders trained in a loop of their own)",
-}
-
-
-def check_methods(names: Sequence[str]) -> None:
-    """Under a process group, :class:`ConfigError` naming the first method that cannot run there."""
-    if not is_distributed():
-        return
-    for name in names:
-        if name in REFUSED:
-            raise ConfigError(
-                f"method {name} cannot run under torchrun: {REFUSED[name]}; run it as one "
-                "process, or leave it out of --methods"
-            )
+#: loss(model, batch): the training loop's loss of a batch, a mean over its rows (the
+#: cross-entropy plus the method's loss term)
+StepLoss = Callable[[MultiHeadClassifier, Batch], torch.Tensor]
 
 
 def rank_part(n: int) -> slice:
@@ -76,11 +61,11 @@ class _PartLoss(nn.Module):
     """
 
     def __init__(
-        self, model: MultiHeadClassifier, task_loss: TaskLoss, trained: list[nn.Parameter]
+        self, model: MultiHeadClassifier, step_loss: StepLoss, trained: list[nn.Parameter]
     ) -> None:
         super().__init__()
         self.model = model
-        self.task_loss = task_loss
+        self.step_loss = step_loss
         self.trained = trained
 
     def forward(
@@ -88,27 +73,32 @@ class _PartLoss(nn.Module):
     ) -> torch.Tensor:
         if len(x) == 0:  # fewer rows than ranks: no term, but the reduced parameters join in
             return torch.stack([p.sum() for p in self.trained]).sum() * 0.0
-        return self.task_loss(self.model, x, y, heads) * (len(x) * world_size() / n)
+        return self.step_loss(self.model, Batch(x, y, heads)) * (len(x) * world_size() / n)
 
 
-class DistributedTaskLoss:
-    """The training loop's task loss on this rank's part of each batch, through DDP."""
+class DistributedStepLoss:
+    """The training loop's loss on this rank's part of each batch, through DDP."""
 
     def __init__(
-        self, model: MultiHeadClassifier, heads: Collection[int], task_loss: TaskLoss
+        self,
+        model: MultiHeadClassifier,
+        heads: Collection[int],
+        step_loss: StepLoss,
+        reached: Collection[int] = (),
     ) -> None:
-        """DDP over the backbone and ``heads`` (the heads the task trains) of ``model``."""
-        trained = {str(head) for head in heads}
+        """DDP over the backbone, ``heads`` (the heads the task trains) and ``reached`` (past
+        heads the method's loss term trains) of ``model``."""
+        kept = {str(head) for head in (*heads, *reached)}
         past = {
             f"heads.{key}.{name}"
             for key, head in model.heads.items()
-            if key not in trained
+            if key not in kept
             for name, _ in head.named_parameters()
         }
         reduced = [
             p for name, p in model.named_parameters() if name not in past and p.requires_grad
         ]
-        module = _PartLoss(model, task_loss, reduced)
+        module = _PartLoss(model, step_loss, reduced)
         ignored = [f"model.{name}" for name in past]
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(  # type: ignore[no-untyped-call]
             module, ignored
@@ -118,27 +108,27 @@ class DistributedTaskLoss:
         self.ddp = DistributedDataParallel(
             module,
             device_ids=[device] if device.type == "cuda" else None,
-            find_unused_parameters=len(trained) > 1,
+            find_unused_parameters=len(set(heads)) > 1,
         )
 
-    def __call__(
-        self,
-        model: MultiHeadClassifier,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        heads: torch.Tensor | int,
-    ) -> torch.Tensor:
+    def __call__(self, model: MultiHeadClassifier, batch: Batch) -> torch.Tensor:
         if model is not self.model:
-            raise ConfigError("the distributed task loss was built for another model")
-        part = rank_part(len(x))
-        mine = heads if isinstance(heads, int) else heads[part]
-        loss: torch.Tensor = self.ddp(x[part], y[part], mine, len(x))
+            raise ConfigError("the distributed step loss was built for another model")
+        part = rank_part(len(batch.x))
+        heads = batch.heads if isinstance(batch.heads, int) else batch.heads[part]
+        loss: torch.Tensor = self.ddp(batch.x[part], batch.y[part], heads, len(batch.x))
         return loss
 
 
-def distributed_task_loss(
-    model: MultiHeadClassifier, heads: Collection[int], task_loss: TaskLoss
-) -> TaskLoss:
-    """``task_loss`` as it is without a process group; under one, :class:`DistributedTaskLoss`
-    over the backbone and ``heads``, the heads being trained."""
-    return DistributedTaskLoss(model, heads, task_loss) if is_distributed() else task_loss
+def distributed_step_loss(
+    model: MultiHeadClassifier,
+    heads: Collection[int],
+    step_loss: StepLoss,
+    reached: Collection[int] = (),
+) -> StepLoss:
+    """``step_loss`` as it is without a process group; under one, :class:`DistributedStepLoss`
+    over the backbone, ``heads`` (the heads being trained) and ``reached`` (the past heads the
+    method's loss term reaches)."""
+    if not is_distributed():
+        return step_loss
+    return DistributedStepLoss(model, heads, step_loss, reached)

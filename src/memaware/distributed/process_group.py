@@ -108,3 +108,20 @@ def sum_over_ranks(value: torch.Tensor) -> torch.Tensor:
     buffer = value.to(_collective_device(value.device)).clone()
     dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
     return buffer.to(value.device)
+
+
+@torch.no_grad()
+def broadcast_from_main(module: torch.nn.Module) -> None:
+    """Give every rank rank 0's parameters and buffers of ``module`` (nothing without a group).
+
+    For state each rank computes on its own that must be the same everywhere: BatchNorm's running
+    statistics after a task (each rank saw its part of the batches), or a method's autoencoders
+    (trained alike on every rank, up to a GPU's non-deterministic kernels).
+    """
+    if not is_distributed():
+        return
+    for tensor in [*module.parameters(), *module.buffers()]:
+        buffer = tensor.detach().to(_collective_device(tensor.device))
+        dist.broadcast(buffer, src=0)
+        if buffer is not tensor:
+            tensor.copy_(buffer)

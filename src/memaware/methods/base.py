@@ -126,8 +126,20 @@ class Method:
         return seen[-1:]
 
     def loss_term(self, model: MultiHeadClassifier, batch: Batch) -> torch.Tensor | None:
-        """A term added to the task loss at every training step (``None`` for no term)."""
+        """A term added to the task loss at every training step (``None`` for no term).
+
+        A mean over the batch's rows, like the cross-entropy it is added to: under torchrun each
+        rank computes it on its part of the batch, weighted by the part's share of the rows.
+        """
         return None
+
+    def loss_heads(self) -> Sequence[int]:
+        """The heads of past tasks that :meth:`loss_term` trains now (LwF's distilled heads).
+
+        Under torchrun DDP reduces their gradients with the task's; the other past heads stay
+        out of it and still (default: none).
+        """
+        return ()
 
     def after_backward(self, model: MultiHeadClassifier) -> None:
         """Called after ``backward()`` of the step's loss, before the optimizer step.

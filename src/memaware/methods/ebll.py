@@ -59,6 +59,7 @@ from torch import nn
 from torch.func import functional_call
 
 from memaware.data.scenarios import Task
+from memaware.distributed import broadcast_from_main
 from memaware.methods.base import Batch, MethodState, task_seed
 from memaware.methods.lwf import LwF, LwFOptions, backbone_features
 from memaware.methods.options import MethodOptions
@@ -205,19 +206,20 @@ class EBLL(LwF):
         super().before_task(model, task, seen)
 
     def after_task(self, model: MultiHeadClassifier, task: Task, seen: Sequence[Task]) -> None:
-        self.autoencoders.append(
-            train_autoencoder(
-                backbone_features(model, task.train),
-                task.train.labels.to(model.device),
-                model.heads[str(task.head)],
-                self.opts.code_size,
-                self.opts.ae_epochs,
-                self.opts.ae_lr,
-                self.opts.ae_task_weight,
-                self.opts.batch_size,
-                task_seed(self.seed, task) + 1,
-            )
+        """Train the task's autoencoder (on every rank alike under torchrun, then rank 0's kept)."""
+        autoencoder = train_autoencoder(
+            backbone_features(model, task.train),
+            task.train.labels.to(model.device),
+            model.heads[str(task.head)],
+            self.opts.code_size,
+            self.opts.ae_epochs,
+            self.opts.ae_lr,
+            self.opts.ae_task_weight,
+            self.opts.batch_size,
+            task_seed(self.seed, task) + 1,
         )
+        broadcast_from_main(autoencoder)
+        self.autoencoders.append(autoencoder)
 
     def loss_term(self, model: MultiHeadClassifier, batch: Batch) -> torch.Tensor | None:
         if self.teacher is None:

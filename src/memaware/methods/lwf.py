@@ -226,3 +226,7 @@ class LwF(Method):
         if self.teacher is None:
             return None
         return self.distillation(model, *self.features(model, batch.x))
+
+    def loss_heads(self) -> Sequence[int]:
+        """The distilled heads (the previous tasks'), which the distillation term trains."""
+        return self.old_heads if self.teacher is not None else ()

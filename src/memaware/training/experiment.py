@@ -30,7 +30,6 @@ from memaware.checkpoint.run import CheckpointOptions
 from memaware.configs import preset
 from memaware.data.benchmarks import DataRequest, check_benchmark, make_scenario
 from memaware.data.scenarios import SETTINGS, Scenario
-from memaware.distributed.ddp import check_methods
 from memaware.errors import ConfigError, MemawareError
 from memaware.methods import METHODS, MethodOptions, check_task_loop, make_options, methods_for
 from memaware.models import MultiHeadClassifier, build_model, check_model, preprocessing
@@ -108,7 +107,6 @@ class ExperimentSpec:
                 f"known: {', '.join(METHODS)}, or all"
             )
         check_task_loop(names)
-        check_methods(names)
         unsupported = [
             m for m in names if m in METHODS and self.scenario not in METHODS[m].scenarios
         ]

@@ -34,8 +34,8 @@ from memaware.data.datasets import (
     for_evaluation,
 )
 from memaware.data.scenarios import Scenario, Task, validation_splits
-from memaware.distributed import shard_batches, sum_over_ranks
-from memaware.distributed.ddp import TaskLoss, check_methods, distributed_task_loss
+from memaware.distributed import broadcast_from_main, shard_batches, sum_over_ranks
+from memaware.distributed.ddp import StepLoss, distributed_step_loss
 from memaware.errors import ConfigError
 from memaware.methods.base import Batch, Method
 from memaware.metrics import AccuracyMatrix
@@ -94,6 +94,17 @@ def task_loss(
     return total / len(x)
 
 
+def step_loss(method: Method) -> StepLoss:
+    """A batch's loss under ``method``: :func:`task_loss` plus ``method.loss_term`` (if any)."""
+
+    def loss(model: MultiHeadClassifier, batch: Batch) -> torch.Tensor:
+        value = task_loss(model, batch.x, batch.y, batch.heads)
+        extra = method.loss_term(model, batch)
+        return value if extra is None else value + extra
+
+    return loss
+
+
 @torch.no_grad()
 def evaluate(
     model: MultiHeadClassifier,
@@ -123,7 +134,7 @@ def training_step(
     *,
     precision: MixedPrecision | None = None,
     grad_clip: float | None = None,
-    loss_fn: TaskLoss = task_loss,
+    loss_fn: StepLoss | None = None,
 ) -> None:
     """One optimizer step on ``batch``: cross-entropy + the method's loss term, its gradient hooks.
 
@@ -137,14 +148,13 @@ def training_step(
     With ``precision`` the forward pass runs under autocast and, for fp16, the loss is scaled;
     the gradients are unscaled before ``after_backward`` adds the method's gradient terms, and
     ``grad_clip`` then bounds the global norm of the whole gradient. ``loss_fn`` computes the
-    cross-entropy (under torchrun, :mod:`memaware.distributed.ddp`'s, whose ``backward``
-    all-reduces the gradients before ``after_backward`` sees them).
+    loss, by default :func:`step_loss` of ``method`` (under torchrun,
+    :mod:`memaware.distributed.ddp`'s, whose ``backward`` all-reduces the gradients before
+    ``after_backward`` sees them).
     """
+    loss_of = step_loss(method) if loss_fn is None else loss_fn
     with precision.autocast() if precision is not None else contextlib.nullcontext():
-        loss = loss_fn(model, batch.x, batch.y, batch.heads)
-        extra = method.loss_term(model, batch)
-        if extra is not None:
-            loss = loss + extra
+        loss = loss_of(model, batch)
     optimizer.zero_grad(set_to_none=True)
     if precision is None:
         loss.backward()  # type: ignore[no-untyped-call]
@@ -277,7 +287,9 @@ def train_task(
     device = model.device
     loader = _loader_options(config, device)
     past_heads = past_head_parameters(model, tasks)
-    loss_fn = distributed_task_loss(model, {t.head for t in tasks}, task_loss)
+    loss_fn = distributed_step_loss(
+        model, {t.head for t in tasks}, step_loss(method), method.loss_heads()
+    )
     epochs = training_batches(tasks, config, generator, device)
     begun: TaskStart | None = None
     if checkpoints is not None:
@@ -320,6 +332,7 @@ def train_task(
     if best is not None:
         model.load_state_dict(best[0])
         optimizer.load_state_dict(best[1])
+    broadcast_from_main(model)  # under torchrun: rank 0's BatchNorm statistics on every rank
     return scores
 
 
@@ -349,7 +362,6 @@ def run_method(
         raise ConfigError(
             f"method {method.name} does not support the {scenario.setting}-incremental scenario"
         )
-    check_methods([method.name])
     device = resolve_device(config.device)
     loader = _loader_options(config, device)
     precision = MixedPrecision(config.amp, device) if config.amp != "none" else None
