@@ -6,7 +6,9 @@ import dataclasses
 import os
 import random
 import signal
+import socket
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +21,9 @@ from memaware.data.datasets import TensorData
 from memaware.data.images import ImageDataset
 from memaware.data.scenarios import Scenario, split_scenario
 from memaware.models import MultiHeadClassifier, build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 
 def small_split_mnist(
@@ -84,3 +89,31 @@ def kill_after_first_checkpoint(
         proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     return alive
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (for a process group's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def torchrun_launch(n: int = 2) -> tuple[list[str], dict[str, str]]:
+    """The command line starting ``n`` local processes with torchrun, and their environment
+    (this checkout's sources, one thread each); a program and its arguments follow it."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    return [str(TORCHRUN), f"--nproc_per_node={n}", "--master_port", str(free_port())], env
+
+
+def torchrun(args: list[str], cwd: Path, n: int = 2) -> subprocess.CompletedProcess[str]:
+    """``torchrun --nproc_per_node=n -m memaware ARGS`` in ``cwd``, its output captured."""
+    command, env = torchrun_launch(n)
+    return subprocess.run(
+        [*command, "-m", "memaware", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )

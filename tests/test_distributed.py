@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import socket
 import subprocess
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,7 +22,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from helpers import kill_after_first_checkpoint
+from helpers import ROOT, free_port, kill_after_first_checkpoint, torchrun, torchrun_launch
 from memaware.cli.main import main
 from memaware.data.idx import write_idx
 from memaware.data.images import ImageDataset
@@ -42,16 +39,7 @@ from memaware.models import build_model
 from memaware.models.multihead import MultiHeadClassifier
 from memaware.training.loop import step_loss
 
-ROOT = Path(__file__).resolve().parents[1]
-TORCHRUN = Path(sys.executable).with_name("torchrun")
 BATCH = 64
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _model() -> nn.Module:
@@ -157,7 +145,7 @@ def two_ranks(mnist: ImageDataset, tmp_path_factory: pytest.TempPathFactory) -> 
     x = mnist.train_x[:300].reshape(300, -1).float() / 255.0
     y = mnist.train_y[:300]
     out = tmp_path_factory.mktemp("ranks")
-    mp.spawn(_worker, args=(_free_port(), x, y, str(out)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), x, y, str(out)), nprocs=2, join=True)
     ranks = [torch.load(out / f"rank{r}.pt") for r in range(2)]
     return {"ranks": ranks, "one": _estimates(_model(), x, y)}
 
@@ -217,19 +205,6 @@ def test_without_a_process_group_nothing_is_reduced() -> None:
 # --- the command line under torchrun ----------------------------------------------------------
 
 
-def _torchrun(args: list[str], cwd: Path, n: int = 2) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    command = [str(TORCHRUN), f"--nproc_per_node={n}", "--master_port", str(_free_port())]
-    return subprocess.run(
-        [*command, "-m", "memaware", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 @pytest.fixture(scope="module")
 def small_mnist(mnist: ImageDataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The first 1500 training and 3000 test images of MNIST as the four IDX files."""
@@ -259,7 +234,7 @@ def test_importance_command_under_torchrun_writes_the_one_process_omega(
     args = ["importance", "--checkpoint", str(saved), "--task", "2", "--data", "both"]
     args += ["--batch-size", "100"]  # 300 + 600 inputs: 9 batches, 5 on rank 0 and 4 on rank 1
     assert main([*args, "--out", str(tmp_path / "one.safetensors")]) == 0
-    done = _torchrun([*args, "--out", str(tmp_path / "two.safetensors")], tmp_path)
+    done = torchrun([*args, "--out", str(tmp_path / "two.safetensors")], tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("written to") == 1  # rank 0 alone reports (and writes)
     one, two = (Importance.load(tmp_path / f"{n}.safetensors") for n in ("one", "two"))
@@ -284,7 +259,7 @@ def test_run_under_torchrun_gives_the_one_process_accuracy(
     args = ["run", "--methods", "finetune,mas,si,lwf,ebll", "--epochs", "1", "--hidden", "32"]
     args += ["--batch-size", "50", "--data-dir", str(small_mnist), "--no-progress"]
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
-    done = _torchrun([*args, "--out", str(tmp_path / "two")], tmp_path)
+    done = torchrun([*args, "--out", str(tmp_path / "two")], tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("report written to") == 1
     assert not (tmp_path / "runs").exists()
@@ -318,8 +293,7 @@ def test_the_ddp_own_loop_example_on_two_processes_is_the_one_process_run(tmp_pa
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     one = module.main(n_train=1000, out=tmp_path / "one.safetensors")
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    command = [str(TORCHRUN), "--nproc_per_node=2", "--master_port", str(_free_port())]
+    command, env = torchrun_launch()
     done = subprocess.run(
         [*command, str(path), "--n-train", "1000", "--out", str(tmp_path / "two.safetensors")],
         env=env,
@@ -347,7 +321,7 @@ def test_the_device_of_a_rank(monkeypatch: pytest.MonkeyPatch) -> None:
         rank_device("cuda:0")
 
 
-def test_a_run_killed_under_torchrun_resumes_under_torchrun(
+def test_a_run_killed_under_torchrun_resumes_undertorchrun(
     small_mnist: Path, tmp_path: Path
 ) -> None:
     """SIGKILL to every rank after the first checkpoint, ``--resume`` on two processes again:
@@ -356,8 +330,7 @@ def test_a_run_killed_under_torchrun_resumes_under_torchrun(
     args += ["--data-dir", str(small_mnist), "--no-progress"]
     one, killed = tmp_path / "one", tmp_path / "killed"
     assert main([*args, "--out", str(one)]) == 0
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    command = [str(TORCHRUN), "--nproc_per_node=2", "--master_port", str(_free_port())]
+    command, env = torchrun_launch()
     command += ["-m", "memaware", *args, "--checkpoint-every", "25", "--out", str(killed)]
     proc = subprocess.Popen(
         command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -368,7 +341,7 @@ def test_a_run_killed_under_torchrun_resumes_under_torchrun(
     )  # torchrun and both ranks
     assert alive, "the run ended before it could be killed: give it more work"
     assert not (killed / "results.json").exists()
-    done = _torchrun(["run", "--resume", str(killed), "--no-progress"], tmp_path)
+    done = torchrun(["run", "--resume", str(killed), "--no-progress"], tmp_path)
     assert done.returncode == 0, done.stderr
     a, b = (
         np.array(json.loads((d / "results.json").read_text())["methods"]["mas"]["accuracy_matrix"])

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 import memaware.cli.main as cli
-from helpers import interrupt_checkpoints, kill_after_first_checkpoint
+from helpers import interrupt_checkpoints, kill_after_first_checkpoint, torchrun
 from memaware.cli.main import main
 from memaware.configs.standin import (
     DATASETS,
@@ -218,6 +218,25 @@ def test_figure3_end_to_end(root: Path, tmp_path: Path) -> None:
     assert (out / "results.md").is_file() and (out / "comparison.png").is_file()
     width, height = _png_size(out / "figure3.png")
     assert width > 800 and height > 800
+
+
+def test_figure3_under_torchrun_is_the_one_process_run(root: Path, tmp_path: Path) -> None:
+    """Two gloo processes: the same folders and files, rank 0 alone reports, the same matrices
+    (the cnn has no BatchNorm, so DDP's split batches change only float rounding)."""
+    argv = ["paper", "figure3", "--data-root", str(root), "--tasks", "birds,scenes,flowers"]
+    argv += ["--methods", "finetune,mas,lwf", *QUICK]
+    assert main([*argv, "--out", str(tmp_path / "one")]) == 0
+    done = torchrun([*argv, "--out", str(tmp_path / "two")], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("figure3 written to") == 1 and done.stdout.count("images/s") >= 1
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+    for method in ("finetune", "mas", "lwf"):
+        a, b = (
+            np.array(_results(d / "results.json")["methods"][method]["accuracy_matrix"], float)
+            for d in (one, two)
+        )
+        assert np.nanmax(np.abs(a - b)) <= 0.005, (method, a, b)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -46,7 +46,12 @@ from memaware.cli.stream import add_stream_parser, stream_command
 from memaware.configs import PRESET_DIR, load_presets, preset_path
 from memaware.data.benchmarks import BENCHMARKS, check_benchmark
 from memaware.data.scenarios import SETTINGS
-from memaware.distributed import is_main_process, launched_by_torchrun, process_group
+from memaware.distributed import (
+    is_main_process,
+    launched_by_torchrun,
+    process_group,
+    value_of_main,
+)
 from memaware.errors import ConfigError, MemawareError
 from memaware.files import atomic_write_json
 from memaware.methods import METHODS, method_class, option_docs, parse_option
@@ -503,22 +508,20 @@ def _add_object_recognition_parser(protocols: Any, command: str) -> None:
 
 
 #: the commands that run under torchrun (one process per rank; rank 0 prints and writes)
-TORCHRUN_COMMANDS = ("run", "compare", "importance")
+TORCHRUN_COMMANDS = ("run", "compare", "importance", "paper")
 
 
 def _experiment(args: argparse.Namespace, seeds: Sequence[int], command: str) -> int:
     spec = _spec(args, seeds)
-    every = args.checkpoint_every
+    every, out = args.checkpoint_every, args.out
     if args.resume is not None:
         spec, every, out = _resumed(args, spec, command)
-    else:
-        out = args.out or default_out_dir(spec, command)
-    checkpoints = CheckpointOptions(out / "checkpoints", every or 0, args.resume is not None)
     # Under torchrun the group sets each rank's current CUDA device, which the spec's "cuda"
     # then names; the spec (and what results.json and the checkpoints record) keeps the option.
     with process_group(spec.train.device):
-        show = not args.no_progress and sys.stderr.isatty() and is_main_process()
-        results, paths = _run_and_write(spec, out, show, checkpoints=checkpoints)
+        out = value_of_main(out or default_out_dir(spec, command))  # one clock names it
+        checkpoints = CheckpointOptions(out / "checkpoints", every or 0, args.resume is not None)
+        results, paths = _run_and_write(spec, out, _shows_progress(args), checkpoints=checkpoints)
         if is_main_process():
             print(results_table(results))
             print(f"\nreport written to {out}/: " + ", ".join(p.name for p in paths))
@@ -635,7 +638,10 @@ def _start(
     args: argparse.Namespace, argv: Sequence[str], out: Path, runs: Sequence[CheckpointOptions]
 ) -> None:
     """Before the first run of a sweep or paper command: refuse a fresh one whose runs' folders
-    hold checkpoints, create ``out`` and, unless resuming, save the command line there."""
+    hold checkpoints, create ``out`` and, unless resuming, save the command line there (rank 0
+    alone under torchrun)."""
+    if not is_main_process():
+        return
     for checkpoints in runs:
         checkpoints.check_fresh()
     prepare_out_dir(out)
@@ -656,14 +662,17 @@ def _paper(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.seeds < 1:
         raise MemawareError(f"--seeds must be at least 1, got {args.seeds}")
     spec = mnist_demo.demo_spec(range(args.seeds))
-    out = args.out or default_out_dir(spec, "paper")
     spec.check()
-    checkpoints = _checkpoints(args, out / "checkpoints")
-    _start(args, argv, out, [checkpoints])
-    show_progress = not args.no_progress and sys.stderr.isatty()
-    results, paths = _run_and_write(
-        spec, out, show_progress, mnist_demo.with_reference, checkpoints
-    )
+    with process_group(spec.train.device):
+        out = value_of_main(args.out or default_out_dir(spec, "paper"))
+        checkpoints = _checkpoints(args, out / "checkpoints")
+        _start(args, argv, out, [checkpoints])
+        show_progress = _shows_progress(args)
+        results, paths = _run_and_write(
+            spec, out, show_progress, mnist_demo.with_reference, checkpoints
+        )
+        if not is_main_process():
+            return 0
     try:
         paths.append(mnist_demo.write_comparison(results, out))
     except OSError as exc:
@@ -672,6 +681,11 @@ def _paper(args: argparse.Namespace, argv: Sequence[str]) -> int:
     print(mnist_demo.comparison_report(results))
     print(f"report written to {out}/: " + ", ".join(p.name for p in paths))
     return 0
+
+
+def _shows_progress(args: argparse.Namespace) -> bool:
+    """Progress bars: unless ``--no-progress``, on a terminal, on rank 0 alone under torchrun."""
+    return not args.no_progress and sys.stderr.isatty() and is_main_process()
 
 
 def _object_recognition(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -700,25 +714,29 @@ def _object_recognition(args: argparse.Namespace, argv: Sequence[str]) -> int:
     )
     task_lists = object_recognition.check_tasks(command, args.tasks, preset)
     methods = object_recognition.methods_of(command, getattr(args, "methods", None))
-    out = args.out or Path("runs") / f"paper-{command}-{time.strftime('%Y%m%d-%H%M%S')}"
-    planned = object_recognition.plan(
-        command, protocol, task_lists, methods, range(args.seeds), out
-    )
-    checkpoints = [_checkpoints(args, p.out / "checkpoints") for p in planned]
-    _start(args, argv, out, checkpoints)
-    throughput = measure_throughput(planned[0].spec)
-    print(throughput.summary(), flush=True)
-    show_progress = not args.no_progress and sys.stderr.isatty()
-    results = []
-    for p, where in zip(planned, checkpoints, strict=True):
-        done, _ = _run_and_write(
-            p.spec,
-            p.out,
-            show_progress,
-            lambda r: {**r, "throughput": throughput.to_json()},
-            where,
+    with process_group(protocol.train.device):
+        stamp = value_of_main(time.strftime("%Y%m%d-%H%M%S"))  # one clock names the folder
+        out = args.out or Path("runs") / f"paper-{command}-{stamp}"
+        planned = object_recognition.plan(
+            command, protocol, task_lists, methods, range(args.seeds), out
         )
-        results.append(done)
+        checkpoints = [_checkpoints(args, p.out / "checkpoints") for p in planned]
+        _start(args, argv, out, checkpoints)
+        throughput = measure_throughput(planned[0].spec)  # every rank: MAS's Ω is sharded
+        if is_main_process():
+            print(throughput.summary(), flush=True)
+        results = []
+        for p, where in zip(planned, checkpoints, strict=True):
+            done, _ = _run_and_write(
+                p.spec,
+                p.out,
+                _shows_progress(args),
+                lambda r: {**r, "throughput": throughput.to_json()},
+                where,
+            )
+            results.append(done)
+        if not is_main_process():
+            return 0
     try:
         markdown, paths = object_recognition.write_summary(
             command, planned, results, methods, out, throughput

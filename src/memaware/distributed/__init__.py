@@ -4,7 +4,7 @@ Public API::
 
     from memaware.distributed import (
         is_distributed, rank, world_size, is_main_process,   # who this process is
-        broadcast_from_main,                                # rank 0's weights everywhere
+        broadcast_from_main, value_of_main,                 # rank 0's weights, values everywhere
         all_reduce_importance,                             # Σ_r sums, Σ_r counts over the ranks
         shard_batches, shard_indices,                      # disjoint shards, no padding
     )
@@ -23,6 +23,7 @@ from memaware.distributed.process_group import (
     process_group,
     rank,
     sum_over_ranks,
+    value_of_main,
     world_size,
 )
 from memaware.distributed.reduce import (
@@ -46,5 +47,6 @@ __all__ = [
     "shard_batches",
     "shard_indices",
     "sum_over_ranks",
+    "value_of_main",
     "world_size",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -20,6 +21,8 @@ from memaware.errors import ConfigError
 
 #: environment variables torchrun sets in every process it starts
 _LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+T = TypeVar("T")
 
 
 def is_distributed() -> bool:
@@ -125,3 +128,13 @@ def broadcast_from_main(module: torch.nn.Module) -> None:
         dist.broadcast(buffer, src=0)
         if buffer is not tensor:
             tensor.copy_(buffer)
+
+
+def value_of_main(value: T) -> T:
+    """Rank 0's ``value`` on every rank (``value`` itself without a group): a picklable choice
+    each rank makes alone that must agree, such as an output folder named by the clock."""
+    if not is_distributed():
+        return value
+    shared: list[object] = [value]
+    dist.broadcast_object_list(shared, src=0)
+    return shared[0]  # type: ignore[return-value]
