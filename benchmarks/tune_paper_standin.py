@@ -1,15 +1,22 @@
-"""Choose the regularisers' strengths of the paper stand-in on validation data (never the test sets).
+"""Choose the methods' strengths and options of the paper stand-in on validation data (never the test sets).
 
-For each method and strength, the two-task sequence ``--tasks A,B`` of the stand-in is learned with
-the stand-in's protocol (``memaware.paper.protocol.standin_protocol``); every task's test set is
-replaced by ``--validation`` of its training data (stratified, seed 0,
-``memaware.data.scenarios.with_validation``), so the score, the average accuracy over both tasks
-after the second, never sees a test image. One JSON line per run is appended to ``--out``; the
-best value per method is printed. The strengths in ``src/memaware/configs/paper/standin.json``
-came from::
+For each method and value of its strength (``--grid METHOD=v1,v2``) or of another option
+(``--grid METHOD.FIELD=v1,v2``; ``--fixed METHOD.FIELD=V`` sets another option in every run of
+METHOD), the sequence ``--tasks A,B,...`` of the stand-in is learned with the stand-in's protocol
+(``memaware.paper.protocol.standin_protocol``); every task's test set is replaced by
+``--validation`` of its training data (stratified, seed 0,
+``memaware.data.scenarios.with_validation``), so the score, the average accuracy over the tasks
+after the last, never sees a test image. One JSON line per run is appended to ``--out``; the best
+value per method is printed. The strengths and options in
+``src/memaware/configs/paper/standin.json`` came from::
 
     python benchmarks/tune_paper_standin.py --tasks mnist0-4,fashion0-4 \
         --grid mas=1,3,10 --grid l-mas=1,10,100 --grid ewc=1,10,100 --grid si=10,100,1000
+    SEQUENCE=mnist0-4,fashion0-4,animal0-4,digits0-4,mnist5-9,fashion5-9,animal5-9,digits5-9
+    python benchmarks/tune_paper_standin.py --tasks $SEQUENCE \
+        --grid lwf.warmup_epochs=0,10 --grid ebll.warmup_epochs=0,10
+    python benchmarks/tune_paper_standin.py --tasks $SEQUENCE --fixed ebll.warmup_epochs=0 \
+        --grid ebll.code_strength=0.1,0.01
 """
 
 from __future__ import annotations
@@ -32,8 +39,16 @@ from memaware.training.loop import run_method
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", required=True, help="the tuning pair A,B")
-    parser.add_argument("--grid", action="append", required=True, help="METHOD=v1,v2,...")
+    parser.add_argument("--tasks", required=True, help="the tuning sequence A,B,...")
+    parser.add_argument(
+        "--grid",
+        action="append",
+        required=True,
+        help="METHOD=v1,v2,... (strengths) or METHOD.FIELD=v1,v2,...",
+    )
+    parser.add_argument(
+        "--fixed", action="append", default=[], help="METHOD.FIELD=V, set in every run of METHOD"
+    )
     parser.add_argument("--validation", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/tune-paper-standin.jsonl"))
@@ -41,11 +56,20 @@ def main() -> None:
     tasks = args.tasks.split(",")
     protocol = standin_protocol(load_standin_preset(), None, None)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    fixed: dict[str, dict[str, float | int]] = {}
+    for setting in args.fixed:
+        target, value = setting.split("=", 1)
+        name, _, option = target.partition(".")
+        fixed.setdefault(name, {})[option] = _number(option, value)
     for entry in args.grid:
-        method, values = entry.split("=", 1)
+        target, values = entry.split("=", 1)
+        method, _, field = target.partition(".")
+        field = field or "strength"
         scores = {}
-        for value in (float(v) for v in values.split(",")):
-            spec = replace(protocol, overrides={method: {"strength": value}}).spec(
+        for value in values.split(","):
+            chosen = _number(field, value)
+            settings = {**fixed.get(method, {}), field: chosen}
+            spec = replace(protocol, overrides={method: settings}).spec(
                 tasks, [method], [args.seed]
             )
             stream = with_validation(
@@ -60,10 +84,10 @@ def main() -> None:
                 replace(spec.train, seed=args.seed),
             )
             summary = result.accuracy.summary()
-            scores[value] = summary["average_accuracy"]
+            scores[chosen] = summary["average_accuracy"]
             line = {
                 "method": method,
-                "strength": value,
+                **settings,
                 "tasks": tasks,
                 "validation_average_accuracy": summary["average_accuracy"],
                 "validation_accuracy_matrix": summary["accuracy_matrix"],
@@ -74,7 +98,12 @@ def main() -> None:
                 handle.write(json.dumps(line) + "\n")
             print(json.dumps(line), flush=True)
         best = max(scores, key=lambda v: scores[v])
-        print(f"{method}: best strength {best:g} ({100 * scores[best]:.2f} %)", flush=True)
+        print(f"{method}: best {field} {best:g} ({100 * scores[best]:.2f} %)", flush=True)
+
+
+def _number(field: str, text: str) -> float | int:
+    """An option's value: an integer for the ``*epochs`` fields, else a float."""
+    return int(text) if field.endswith("epochs") else float(text)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ defaults, bad input refused before any work, and the offline stand-in's construc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import struct
@@ -325,7 +326,7 @@ def test_the_papers_protocol_on_folders() -> None:
         "importance_data": "test",
     }
     assert options["l-mas"]["importance_data"] == "test" and options["l-mas"]["strength"] == 1.0
-    assert "importance_data" not in options["ewc"] and options["lwf"] == {"strength": 1.0}
+    assert "importance_data" not in options["ewc"] and options["lwf"] == {"strength": 0.25}
     with pytest.raises(ConfigError, match="ImageNet-pretrained"):
         paper_protocol("/data", "alexnet", None)
 
@@ -445,6 +446,7 @@ def _tiny_preset(**changes: Any) -> Any:
         },
         "importance_batch_size": 8,
         "strengths": {"mas": 1},
+        "options": {"lwf": {"warmup_epochs": 0}},
         "notes": {"why": "a test"},
     }
     data.update(changes)
@@ -504,6 +506,11 @@ def test_the_shipped_preset_and_benchmark() -> None:
     assert {"mas", "l-mas", "ewc", "si", "lwf", "ebll", "mean-imm", "mode-imm"} <= set(
         preset.strengths
     )
+    protocol = standin_protocol(preset, None, None)  # the preset's options reach the methods
+    assert protocol.method_options(["lwf"])["lwf"]["warmup_epochs"] == 0
+    assert preset.options["lwf"] == {"warmup_epochs": 0}
+    changed = dataclasses.replace(protocol, overrides={"lwf": {"warmup_epochs": 3}})
+    assert changed.method_options(["lwf"])["lwf"]["warmup_epochs"] == 3  # --option wins
     first = preset.sequence[0]
     scenario = make_scenario(
         STANDIN, tasks=(first,), preprocessing=preprocessing("efficientnet-lite0")
@@ -523,6 +530,10 @@ def test_the_shipped_preset_and_benchmark() -> None:
         ({"pairs": [["m"]]}, "2 task names"),
         ({"extra": 1}, "unknown extra"),
         ({"strengths": {"mas": -1}}, "strengths.mas"),
+        ({"options": {"lwf": {"warmup": 0}}}, "options.lwf.*warmup"),
+        ({"options": {"lwf": {"warmup_epochs": -1}}}, "options.lwf.*warmup_epochs"),
+        ({"options": {"lwf": {"strength": 1}}}, "belongs in strengths"),
+        ({"options": {"nope": {}}}, "options.nope.*unknown method"),
         (
             {
                 "tasks": {

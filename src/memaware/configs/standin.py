@@ -13,6 +13,7 @@ presets) fixes what the ``object-recognition-standin`` benchmark holds and how
                   "lr_decay_epochs", "validation_fraction"},
      "importance_batch_size": k,           inputs per batch of every importance pass
      "strengths": {METHOD: λ, ...},        each method's strength
+     "options": {METHOD: {FIELD: V}},      other options of a method's (its Options' fields)
      "notes": {...}}                       why each value (free text, for the README and results)
 
 D is one of :data:`DATASETS`. Every field is checked when the file is read
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from memaware.configs import PRESET_DIR
-from memaware.errors import DataError
+from memaware.errors import ConfigError, DataError
 
 __all__ = [
     "DATASETS",
@@ -85,6 +86,7 @@ class StandinPreset:
     training: StandinTraining
     importance_batch_size: int
     strengths: dict[str, float]
+    options: dict[str, dict[str, Any]]
     notes: dict[str, str]
     source: str = ""
 
@@ -204,6 +206,7 @@ def parse_standin_preset(data: Any, source: str = "") -> StandinPreset:
         "training",
         "importance_batch_size",
         "strengths",
+        "options",
         "notes",
     }
     entry = _object("file", data, keys)
@@ -216,6 +219,7 @@ def parse_standin_preset(data: Any, source: str = "") -> StandinPreset:
     for method, value in strengths.items():
         if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
             raise _fail(f"strengths.{method}", f"must be a number >= 0, got {value!r}")
+    options = _method_options(entry["options"])
     notes = entry["notes"]
     if not isinstance(notes, dict) or not all(isinstance(v, str) for v in notes.values()):
         raise _fail("notes", "must be an object of texts")
@@ -228,9 +232,26 @@ def parse_standin_preset(data: Any, source: str = "") -> StandinPreset:
         training=_training(entry["training"]),
         importance_batch_size=_count("importance_batch_size", entry["importance_batch_size"]),
         strengths={k: float(v) for k, v in strengths.items()},
+        options=options,
         notes=dict(notes),
         source=source,
     )
+
+
+def _method_options(value: Any) -> dict[str, dict[str, Any]]:
+    """``options``: per method, fields its options dataclass accepts, checked by building it."""
+    from memaware.methods import make_options  # here: the methods import the data layer
+
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise _fail("options", "must be an object {method: {option: value}}")
+    for method, fields in value.items():
+        if "strength" in fields:
+            raise _fail(f"options.{method}", "the strength belongs in strengths")
+        try:
+            make_options(method, **fields)
+        except ConfigError as exc:
+            raise _fail(f"options.{method}", str(exc)) from exc
+    return {method: dict(fields) for method, fields in value.items()}
 
 
 def load_standin_preset(path: Path = STANDIN_PRESET) -> StandinPreset:

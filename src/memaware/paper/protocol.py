@@ -78,14 +78,16 @@ PAPER_TRAIN = TrainConfig(
 
 #: strengths on image folders: λ = 1 for MAS and l-MAS (the authors' docstrings: "in object
 #: recognition it was set to 1"); the paper gives none for the baselines, which take the same
-#: λ = 1 (EWC, SI), Li & Hoiem's λ_o = 1 (LwF, EBLL) and the IMM authors' L2-transfer 10⁻⁴
+#: λ = 1 (EWC, SI), Li & Hoiem's λ_o = 1 (LwF, EBLL: their distillation has no T² factor, which
+#: memaware's has, so their λ_o = 1 is a strength of 1/T² = 0.25 at T = 2) and the IMM authors'
+#: L2-transfer 10⁻⁴
 PAPER_STRENGTHS: Mapping[str, float] = {
     "mas": 1.0,
     "l-mas": 1.0,
     "ewc": 1.0,
     "si": 1.0,
-    "lwf": 1.0,
-    "ebll": 1.0,
+    "lwf": 0.25,
+    "ebll": 0.25,
     "mean-imm": 1e-4,
     "mode-imm": 1e-4,
 }
@@ -116,13 +118,16 @@ class Protocol:
     weights: str | None = None
     data_root: str | None = None
     augment: bool = False
+    #: the protocol's own options of a method beyond its strength (the stand-in preset's)
+    options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: ``--option`` settings, per method, over the protocol's own
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def method_options(
         self, methods: Sequence[str], omega_data: str | None = None
     ) -> dict[str, dict[str, Any]]:
-        """Each method's options: its strength, the importance batch, MAS's F, then ``overrides``.
+        """Each method's options: its strength, the importance batch, MAS's F, the protocol's
+        ``options``, then ``overrides``.
 
         ``omega_data`` sets the inputs MAS and l-MAS compute Ω on (Table 3).
         """
@@ -138,6 +143,7 @@ class Protocol:
                 chosen["heads"] = "current"  # the authors' F: the head of the task just learned
             if omega_data is not None and "importance_data" in accepted:
                 chosen["importance_data"] = omega_data
+            chosen |= dict(self.options.get(name, {}))
             options[name] = chosen | dict(self.overrides.get(name, {}))
         return options
 
@@ -197,7 +203,8 @@ def paper_protocol(
 
 
 def standin_protocol(preset: StandinPreset, model: str | None, weights: str | None) -> Protocol:
-    """The protocol on the offline stand-in: the preset's budget and strengths, :data:`STANDIN_MODEL`."""
+    """The protocol on the offline stand-in: the preset's budget, strengths and options,
+    :data:`STANDIN_MODEL`."""
     budget = preset.training
     train = replace(
         PAPER_TRAIN,
@@ -217,4 +224,5 @@ def standin_protocol(preset: StandinPreset, model: str | None, weights: str | No
         strengths=preset.strengths,
         importance_batch_size=preset.importance_batch_size,
         weights=weights,
+        options=preset.options,
     )
