@@ -346,6 +346,34 @@ def test_when_full_drop_never_waits(images: torch.Tensor, monkeypatch: pytest.Mo
     assert tracker.counted + tracker.dropped == tracker.drawn == 256
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_worker_counts_on_its_own_threads(images: torch.Tensor, threads: int) -> None:
+    """The worker's passes run with ``worker_threads`` intra-op threads; the serving thread keeps
+    its own count (OpenMP's is per thread)."""
+    seen: list[int] = []
+
+    def outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        seen.append(torch.get_num_threads())  # called by the worker, inside its passes
+        out: torch.Tensor = model(x)
+        return out
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        model = mlp()
+        with ImportanceTracker(model, outputs=outputs, worker_threads=threads) as tracker:
+            with torch.no_grad():
+                for x in images[:256].split(50):
+                    model(x)
+                model(images[:0])  # an empty request counts nothing (and breaks nothing)
+            tracker.flush()
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {threads}
+    assert tracker.counted == 256
+
+
 def test_bad_settings_are_refused(tmp_path: Path) -> None:
     model = mlp()
     for kwargs, message in (
@@ -357,6 +385,7 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
         ({"save_every": 10}, "need a path"),
         ({"norm": "l3"}, "unknown output norm"),
         ({"path": tmp_path / "o", "save_interval": 0}, "save_interval"),
+        ({"worker_threads": 0}, "worker_threads"),
     ):
         with pytest.raises(ConfigError, match=message):
             ImportanceTracker(model, **kwargs)  # type: ignore[arg-type]

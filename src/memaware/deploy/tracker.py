@@ -232,6 +232,10 @@ class ImportanceTracker:
             parameter names must fit).
         niceness: on Linux, the worker thread's nice value is raised by this much (0: left as
             it is), so that it counts on CPU time the serving threads leave.
+        worker_threads: intra-op CPU threads of the worker's passes, >= 1. The count is the
+            worker thread's own (OpenMP's is per thread): the serving threads keep theirs. One,
+            by default, so that the worker's team of threads does not crowd the cores the
+            serving calls' teams run on.
     """
 
     def __init__(
@@ -253,10 +257,15 @@ class ImportanceTracker:
         save_interval: float | None = None,
         resume: bool = False,
         niceness: int = 10,
+        worker_threads: int = 1,
     ) -> None:
         _check(model, fraction, seed, batch_size, max_delay, max_pending, when_full, mode)
         if isinstance(niceness, bool) or not isinstance(niceness, int) or niceness < 0:
             raise ConfigError(f"niceness must be an integer >= 0, got {niceness!r}")
+        if isinstance(worker_threads, bool) or not isinstance(worker_threads, int) or (
+            worker_threads < 1
+        ):
+            raise ConfigError(f"worker_threads must be an integer >= 1, got {worker_threads!r}")
         output_objectives(norm, outputs or (lambda m, x: x))  # an unknown norm fails now
         if path is None and (save_every is not None or save_interval is not None or resume):
             raise ConfigError("save_every, save_interval and resume need a path to save to")
@@ -279,6 +288,7 @@ class ImportanceTracker:
         self.save_every = save_every
         self.save_interval = save_interval
         self.niceness = niceness
+        self.worker_threads = worker_threads
         self.meta = {"method": "mas", "granularity": "sample", "norm": norm, "mode": mode}
 
         self._random = random.Random(seed)
@@ -488,6 +498,8 @@ class ImportanceTracker:
             )
         x = args[0]
         n = int(x.shape[0])
+        if n == 0:
+            return None  # an empty request: no sample to count
         with self._draw_lock:
             self.served += n
             if self.fraction >= 1.0:
@@ -589,6 +601,7 @@ class ImportanceTracker:
     # -- the worker ---------------------------------------------------------------------------
 
     def _work(self) -> None:
+        torch.set_num_threads(self.worker_threads)  # this thread's team only
         if self.niceness and hasattr(os, "setpriority") and sys.platform.startswith("linux"):
             # Linux schedules threads one by one: lower this one's priority (and that of the
             # intra-op threads it starts, which inherit it), so it counts on spare CPU first
