@@ -17,6 +17,8 @@ value per method is printed. The strengths and options in
         --grid lwf.warmup_epochs=0,10 --grid ebll.warmup_epochs=0,10
     python benchmarks/tune_paper_standin.py --tasks $SEQUENCE --fixed ebll.warmup_epochs=0 \
         --grid ebll.code_strength=0.1,0.01
+    python benchmarks/tune_paper_standin.py --tasks $SEQUENCE --grid mas=1,3,10 \
+        --grid mas.heads=learned,current          # the check that the preset's MAS holds there
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def main() -> None:
     tasks = args.tasks.split(",")
     protocol = standin_protocol(load_standin_preset(), None, None)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    fixed: dict[str, dict[str, float | int]] = {}
+    fixed: dict[str, dict[str, float | int | str]] = {}
     for setting in args.fixed:
         target, value = setting.split("=", 1)
         name, _, option = target.partition(".")
@@ -65,7 +67,7 @@ def main() -> None:
         target, values = entry.split("=", 1)
         method, _, field = target.partition(".")
         field = field or "strength"
-        scores = {}
+        scores: dict[float | int | str, float] = {}
         for value in values.split(","):
             chosen = _number(field, value)
             settings = {**fixed.get(method, {}), field: chosen}
@@ -84,7 +86,7 @@ def main() -> None:
                 replace(spec.train, seed=args.seed),
             )
             summary = result.accuracy.summary()
-            scores[chosen] = summary["average_accuracy"]
+            scores[chosen] = float(summary["average_accuracy"])
             line = {
                 "method": method,
                 **settings,
@@ -98,12 +100,18 @@ def main() -> None:
                 handle.write(json.dumps(line) + "\n")
             print(json.dumps(line), flush=True)
         best = max(scores, key=lambda v: scores[v])
-        print(f"{method}: best {field} {best:g} ({100 * scores[best]:.2f} %)", flush=True)
+        print(f"{method}: best {field} {best} ({100 * scores[best]:.2f} %)", flush=True)
 
 
-def _number(field: str, text: str) -> float | int:
-    """An option's value: an integer for the ``*epochs`` fields, else a float."""
-    return int(text) if field.endswith("epochs") else float(text)
+def _number(field: str, text: str) -> float | int | str:
+    """An option's value: an integer for the ``*epochs`` fields, else a float, else the text
+    (a choice such as ``mas.heads=learned``)."""
+    if field.endswith("epochs"):
+        return int(text)
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 if __name__ == "__main__":
