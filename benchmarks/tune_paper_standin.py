@@ -19,6 +19,8 @@ value per method is printed. The strengths and options in
         --grid ebll.code_strength=0.1,0.01
     python benchmarks/tune_paper_standin.py --tasks $SEQUENCE --grid mas=1,3,10 \
         --grid mas.heads=learned,current          # the check that the preset's MAS holds there
+    python benchmarks/tune_paper_standin.py --tasks $SEQUENCE --lr 0.001 \
+        --grid mas=3 --grid lwf=1 --grid ebll=1     # the same at half the learning rate
 """
 
 from __future__ import annotations
@@ -52,11 +54,14 @@ def main() -> None:
         "--fixed", action="append", default=[], help="METHOD.FIELD=V, set in every run of METHOD"
     )
     parser.add_argument("--validation", type=float, default=0.2)
+    parser.add_argument("--lr", type=float, help="every task's learning rate (default: the preset's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/tune-paper-standin.jsonl"))
     args = parser.parse_args()
     tasks = args.tasks.split(",")
     protocol = standin_protocol(load_standin_preset(), None, None)
+    if args.lr is not None:
+        protocol = replace(protocol, train=replace(protocol.train, lr=args.lr, first_task_lr=args.lr))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fixed: dict[str, dict[str, float | int | str]] = {}
     for setting in args.fixed:
@@ -89,6 +94,7 @@ def main() -> None:
             scores[chosen] = float(summary["average_accuracy"])
             line = {
                 "method": method,
+                "lr": spec.train.lr,
                 **settings,
                 "tasks": tasks,
                 "validation_average_accuracy": summary["average_accuracy"],
