@@ -65,16 +65,12 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fixed: dict[str, dict[str, float | int | str]] = {}
     for setting in args.fixed:
-        target, value = setting.split("=", 1)
-        name, _, option = target.partition(".")
-        fixed.setdefault(name, {})[option] = _number(option, value)
+        name, option, (value,) = _setting(setting)
+        fixed.setdefault(name, {})[option] = value
     for entry in args.grid:
-        target, values = entry.split("=", 1)
-        method, _, field = target.partition(".")
-        field = field or "strength"
+        method, field, values = _setting(entry)
         scores: dict[float | int | str, float] = {}
-        for value in values.split(","):
-            chosen = _number(field, value)
+        for chosen in values:
             settings = {**fixed.get(method, {}), field: chosen}
             spec = replace(protocol, overrides={method: settings}).spec(
                 tasks, [method], [args.seed]
@@ -107,6 +103,14 @@ def main() -> None:
             print(json.dumps(line), flush=True)
         best = max(scores, key=lambda v: scores[v])
         print(f"{method}: best {field} {best} ({100 * scores[best]:.2f} %)", flush=True)
+
+
+def _setting(text: str) -> tuple[str, str, list[float | int | str]]:
+    """``METHOD[.FIELD]=v1,v2,...`` as (method, field, values); the field defaults to strength."""
+    target, values = text.split("=", 1)
+    method, _, field = target.partition(".")
+    field = field or "strength"
+    return method, field, [_number(field, value) for value in values.split(",")]
 
 
 def _number(field: str, text: str) -> float | int | str:

@@ -715,8 +715,8 @@ def _object_recognition(args: argparse.Namespace, argv: Sequence[str]) -> int:
     task_lists = object_recognition.check_tasks(command, args.tasks, preset)
     methods = object_recognition.methods_of(command, getattr(args, "methods", None))
     with process_group(protocol.train.device):
-        stamp = value_of_main(time.strftime("%Y%m%d-%H%M%S"))  # one clock names the folder
-        out = args.out or Path("runs") / f"paper-{command}-{stamp}"
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = value_of_main(args.out or Path("runs") / f"paper-{command}-{stamp}")  # one clock
         planned = object_recognition.plan(
             command, protocol, task_lists, methods, range(args.seeds), out
         )

@@ -124,9 +124,10 @@ def broadcast_from_main(module: torch.nn.Module) -> None:
     if not is_distributed():
         return
     for tensor in [*module.parameters(), *module.buffers()]:
-        buffer = tensor.detach().to(_collective_device(tensor.device))
+        where = _collective_device(tensor.device)
+        buffer = tensor.detach().to(where)  # the tensor's own storage where it is reduced
         dist.broadcast(buffer, src=0)
-        if buffer is not tensor:
+        if where != tensor.device:
             tensor.copy_(buffer)
 
 
