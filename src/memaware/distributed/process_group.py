@@ -9,6 +9,7 @@ no communication. Under ``torchrun`` the command line starts the group itself
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -83,7 +84,10 @@ def process_group(device: str) -> Iterator[str]:
     """Under torchrun, the process group for ``device`` for the block; yields this process's device.
 
     Outside torchrun (or when a group exists already) nothing is started and ``device`` is
-    yielded as it is. The group the block started is destroyed when it ends.
+    yielded as it is. The group the block started is destroyed when it ends: after a block that
+    ended well, once every rank has got there and the objects still holding it (DDP wrappers in
+    reference cycles) are freed, so that no gloo thread outlives it into the interpreter's
+    shutdown, where it aborts the process.
     """
     if not launched_by_torchrun() or dist.is_initialized():
         yield device
@@ -95,8 +99,12 @@ def process_group(device: str) -> Iterator[str]:
     dist.init_process_group(backend=backend_for(placed))
     try:
         yield mine
-    finally:
-        dist.destroy_process_group()
+    except BaseException:
+        dist.destroy_process_group()  # no barrier: the other ranks may never reach it
+        raise
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def _collective_device(tensor: torch.device) -> torch.device:
