@@ -88,13 +88,7 @@ class DistributedStepLoss:
     ) -> None:
         """DDP over the backbone, ``heads`` (the heads the task trains) and ``reached`` (past
         heads the method's loss term trains) of ``model``."""
-        kept = {str(head) for head in (*heads, *reached)}
-        past = {
-            f"heads.{key}.{name}"
-            for key, head in model.heads.items()
-            if key not in kept
-            for name, _ in head.named_parameters()
-        }
+        past = {name for name, _ in model.named_parameters_of_heads_besides({*heads, *reached})}
         reduced = [
             p for name, p in model.named_parameters() if name not in past and p.requires_grad
         ]

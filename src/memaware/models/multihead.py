@@ -6,7 +6,7 @@ importance keyed by ``named_parameters()`` names keeps pointing at the same tens
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import torch
 from torch import nn
@@ -55,6 +55,19 @@ class MultiHeadClassifier(nn.Module):
     def head_ids(self) -> list[int]:
         """Ids of the heads created so far, in creation order."""
         return [int(k) for k in self.heads]
+
+    def named_parameters_of_heads_besides(
+        self, heads: Collection[int]
+    ) -> list[tuple[str, nn.Parameter]]:
+        """``(name, parameter)`` of every head not in ``heads``: those a step training ``heads``
+        leaves alone, unless a method's loss term reaches them."""
+        kept = {str(head) for head in heads}
+        return [
+            (f"heads.{key}.{name}", param)
+            for key, head in self.heads.items()
+            if key not in kept
+            for name, param in head.named_parameters()
+        ]
 
     def _head(self, head: int) -> nn.Module:
         key = str(head)

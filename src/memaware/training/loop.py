@@ -229,8 +229,7 @@ def past_head_parameters(
     model: MultiHeadClassifier, tasks: Sequence[Task]
 ) -> list[torch.nn.Parameter]:
     """The parameters of the model's heads that training on ``tasks`` does not train."""
-    trained = {str(t.head) for t in tasks}
-    return [p for key, head in model.heads.items() if key not in trained for p in head.parameters()]
+    return [p for _, p in model.named_parameters_of_heads_besides({t.head for t in tasks})]
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
